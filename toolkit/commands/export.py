@@ -1,0 +1,79 @@
+"""`lwdeploy export MODEL --target …` — the main job."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+
+@click.command()
+@click.argument("model")
+@click.option("--target", "-t", "targets", multiple=True, default=("tflite",), show_default=True,
+              help="tflite | coreml | executorch | all (repeatable).")
+@click.option("--int8", is_flag=True, help="Post-training static int8 (PT2E, per-channel weights, calibrated).")
+@click.option("--out", "out_dir", default="lwdeploy-out", show_default=True, type=click.Path(),
+              help="Output folder (created if missing).")
+@click.option("--resolution", "-r", type=int, help="Input size (square); default: the model's paper resolution.")
+@click.option("--width", "-w", type=float, help="Width multiplier (zoo models that have one).")
+@click.option("--num-classes", type=int, help="Classifier size (e.g. 10 for a Fashion-MNIST checkpoint).")
+@click.option("--weights", type=click.Path(), help="State-dict checkpoint (.pt/.pth), loaded with weights_only=True.")
+@click.option("--pretrained", is_flag=True, help="Real ImageNet weights where the zoo has them (efficientnet_lite0).")
+@click.option("--calib", type=click.Path(), help="Image folder for calibration; default: real photos from scikit-image.")
+@click.option("--calib-samples", default=64, show_default=True, help="Calibration crops.")
+@click.option("--heldout-samples", default=64, show_default=True, help="Held-out crops for the fidelity check.")
+@click.option("--prune", type=float, help="Structured channel pruning ratio in (0, 1) before export.")
+@click.option("--seed", default=0, show_default=True, help="Seed for random init, crops and calibration order.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
+def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
+           calib_samples, heldout_samples, prune, seed, as_json):
+    """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
+
+    Writes each artifact with a manifest (<artifact>.json) beside it: sha256, size, I/O spec,
+    preprocessing, quantization, fidelity vs PyTorch float, host latency, tool versions.
+    """
+    from rich.console import Console
+
+    from lwdeploy.pipeline import export as run_export
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("starting", spinner="dots") as status:
+        def progress(msg: str) -> None:
+            console.log(msg)
+            status.update(msg)
+
+        manifests = run_export(model, targets, out_dir=out_dir, int8=int8, resolution=resolution, width=width,
+                               num_classes=num_classes, weights=weights, pretrained=pretrained, calib=calib,
+                               calib_samples=calib_samples, heldout_samples=heldout_samples, prune=prune,
+                               seed=seed, progress=progress)
+    console.print(summary_table(manifests))
+    console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s — manifests beside each artifact")
+    if as_json:
+        click.echo(json.dumps(manifests if len(manifests) > 1 else manifests[0], indent=2, default=str))
+
+
+def summary_table(manifests: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="lwdeploy export", title_justify="left")
+    for col in ("target", "artifact", "size", "precision", "top-1 agree", "max |Δ|", "host ms (p50)", "checked"):
+        table.add_column(col, justify="right" if col in ("size", "top-1 agree", "max |Δ|", "host ms (p50)") else "left")
+    for m in manifests:
+        ver = m["verification"]
+        fid = ver.get("fidelity") or {}
+        lat = ver.get("latency_ms") or {}
+        agree = fid.get("top1_agreement")
+        table.add_row(
+            m["artifact"]["target"], m["artifact"]["path"], _size(m["artifact"]["size_bytes"]),
+            "int8" if m["quantization"].get("scheme", "").startswith("int8") or m.get("calibration") else "fp32",
+            f"{agree:.1%}" if agree is not None else "—",
+            f"{fid['max_abs_diff']:.3g}" if "max_abs_diff" in fid else "—",
+            f"{lat['p50']:.2f}" if "p50" in lat else ("—" if not lat else f"{next(iter(lat.values())):.2f}"),
+            "ran on host" if ver["ran_on_host"] else "structural only")
+    return table
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"

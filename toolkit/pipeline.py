@@ -1,0 +1,184 @@
+"""The one data flow: model → (prune) → (lower) → (quantize) → convert → verify → manifest.
+
+Each stage is a function taking and returning a value; `export` strings them together for the CLI and
+the Python API. Nothing here parses arguments or prints tables: callers pass a `progress` callback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .atomic import write_json
+from .errors import LwdeployError
+from .manifest import SCHEMA_VERSION, manifest_path, sha256_of, size_of, tool_versions
+
+Progress = Callable[[str], None]
+DEFAULT_OUT = Path("lwdeploy-out")
+
+
+@dataclass
+class ExportPlan:
+    """Validated arguments: everything is checked here, before any slow work starts."""
+
+    model: str
+    targets: list[str]
+    out_dir: Path
+    int8: bool = False
+    resolution: int | None = None
+    width: float | None = None
+    num_classes: int | None = None
+    weights: Path | None = None
+    pretrained: bool = False
+    calib: Path | None = None
+    calib_samples: int = 64
+    heldout_samples: int = 64
+    prune: float | None = None
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+def resolve_targets(names: Sequence[str]) -> list[str]:
+    from lwdeploy.converters import TARGETS
+
+    out: list[str] = []
+    for name in names or ("tflite",):
+        for n in (TARGETS if name == "all" else [name]):
+            if n not in TARGETS:
+                raise LwdeployError(f"unknown target {n!r}", f"choose from {', '.join(TARGETS)} or all")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+def check_plan(plan: ExportPlan) -> ExportPlan:
+    plan.targets = resolve_targets(plan.targets)
+    if plan.out_dir.exists() and not plan.out_dir.is_dir():
+        raise LwdeployError(f"output path {str(plan.out_dir)!r} is a file, not a folder",
+                            "pass --out with a folder path (it is created if missing)")
+    if plan.resolution is not None and not 16 <= plan.resolution <= 2048:
+        raise LwdeployError(f"resolution {plan.resolution} is out of range", "use 16..2048 (e.g. 224)")
+    if plan.width is not None and not 0 < plan.width <= 4:
+        raise LwdeployError(f"width multiplier {plan.width} is out of range", "use a value in (0, 4], e.g. 0.75")
+    if plan.num_classes is not None and plan.num_classes < 1:
+        raise LwdeployError(f"--num-classes {plan.num_classes} must be positive", "e.g. --num-classes 10")
+    if plan.prune is not None and not 0 < plan.prune < 1:
+        raise LwdeployError(f"prune ratio {plan.prune} must be in (0, 1)", "e.g. --prune 0.3")
+    if plan.weights is not None and not Path(plan.weights).is_file():
+        raise LwdeployError(f"checkpoint {str(plan.weights)!r} does not exist", "pass a .pt/.pth state dict file")
+    if plan.calib is not None and not Path(plan.calib).is_dir():
+        raise LwdeployError(f"calibration folder {str(plan.calib)!r} does not exist or is not a folder",
+                            "pass a folder of images with --calib")
+    return plan
+
+
+def artifact_stem(info_name: str, plan: ExportPlan, resolution: int, default_resolution: int) -> str:
+    parts = [info_name]
+    if plan.width not in (None, 1.0):
+        parts.append(f"w{plan.width:g}")
+    if resolution != default_resolution:
+        parts.append(f"r{resolution}")
+    if plan.prune:
+        parts.append(f"p{plan.prune:g}")
+    parts.append("int8" if plan.int8 else "fp32")
+    return "_".join(parts)
+
+
+def build_model(plan: ExportPlan):
+    """Stage 1: the float model (seeded, so random-weight exports are reproducible) and its info."""
+    from lwdeploy.models.loader import load_model
+
+    torch.manual_seed(plan.seed)
+    return load_model(plan.model, num_classes=plan.num_classes, width=plan.width, weights=plan.weights,
+                      pretrained=plan.pretrained, resolution=plan.resolution)
+
+
+def prune_model(model, ratio: float, example: torch.Tensor):
+    """Stage 2 (optional): structured channel pruning."""
+    from lwdeploy.quantization.pruning import prune
+
+    return prune(model, ratio, example)
+
+
+def lower_for(model, target: str):
+    """Stage 3: rewrite blocks into the forms `target` runs fast in int8 (when lowering is available)."""
+    try:
+        lowering = importlib.import_module("lwdeploy.quantization.lowering")
+    except ModuleNotFoundError:
+        return model
+    return lowering.lower(model, target)
+
+
+def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | Path = DEFAULT_OUT,
+           int8: bool = False, resolution: int | None = None, width: float | None = None,
+           num_classes: int | None = None, weights: str | Path | None = None, pretrained: bool = False,
+           calib: str | Path | None = None, calib_samples: int = 64, heldout_samples: int = 64,
+           prune: float | None = None, seed: int = 0, options: dict | None = None,
+           progress: Progress | None = None) -> list[dict]:
+    """Export `model` to each target and verify it; returns one manifest dict per artifact."""
+    say = progress or (lambda msg: None)
+    plan = check_plan(ExportPlan(model, list(targets), Path(out_dir), int8, resolution, width, num_classes,
+                                 Path(weights) if weights else None, pretrained, Path(calib) if calib else None,
+                                 calib_samples, heldout_samples, prune, seed, dict(options or {})))
+    from lwdeploy.converters import get_converter
+    from lwdeploy.converters.base import ExportRequest
+    from lwdeploy.models.complexity import count_macs, count_params
+    from lwdeploy.quantization import calibration
+
+    say(f"building {plan.model}")
+    net, info = build_model(plan)
+    res = plan.resolution or info.resolution
+    images = calibration.load(plan.calib, res, info.mean, info.std, plan.calib_samples, plan.heldout_samples,
+                              plan.seed)
+    say(f"images: {images.source} — {len(images.calib)} calibration / {len(images.heldout)} held-out crops")
+    example = images.heldout[:1].clone()
+    if plan.prune:
+        say(f"pruning {plan.prune:.0%} of channels")
+        net = prune_model(net, plan.prune, example).eval()
+    with torch.no_grad():
+        reference = net(images.heldout)
+    model_meta = {"name": info.name, "family": info.family, "spec": plan.model, "resolution": res,
+                  "width": plan.width or 1.0, "num_classes": int(reference.shape[-1]),
+                  "params": count_params(net), "macs": count_macs(net, res),
+                  "weights": str(plan.weights) if plan.weights else ("pretrained" if plan.pretrained else "random init"),
+                  "pruned": plan.prune, "paper": info.paper}
+    stem = artifact_stem(info.name, plan, res, info.resolution)
+    manifests = []
+    for target in plan.targets:
+        conv = get_converter(target)
+        out_path = plan.out_dir / f"{stem}{conv.suffix}"
+        say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
+        t0 = time.perf_counter()
+        lowered = lower_for(net, target)
+        req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
+                            calib=images.calib_batches() if plan.int8 else [],
+                            options={k: v for k, v in plan.options.items() if v is not None})
+        result = conv.convert(req)
+        convert_s = time.perf_counter() - t0
+        say(f"{target}: verifying {out_path.name}")
+        t1 = time.perf_counter()
+        ver = conv.verify(result.path, images.heldout, reference)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "artifact": {"file": out_path.name, "path": str(out_path), "target": target, "format": conv.suffix,
+                         "sha256": sha256_of(result.path), "size_bytes": size_of(result.path)},
+            "model": model_meta,
+            "preprocessing": {"resolution": res, "layout": "NCHW", "color": "RGB", "range": "0..1 then (x-mean)/std",
+                              "mean": list(info.mean), "std": list(info.std)},
+            "quantization": result.quantization if plan.int8 else {"scheme": "none (float32)"},
+            "calibration": images.describe() if plan.int8 else None,
+            "verification": {"ran_on_host": ver.ran_on_host, "fidelity": ver.fidelity, "latency_ms": ver.latency_ms,
+                             "checks": ver.checks, "notes": ver.notes + result.notes,
+                             "heldout": {"source": images.source, "images": len(images.heldout)}},
+            "timings_s": {"convert": round(convert_s, 2), "verify": round(time.perf_counter() - t1, 2)},
+            "tools": tool_versions(),
+        }
+        write_json(manifest_path(out_path), manifest)
+        manifests.append(manifest)
+    return manifests
+
