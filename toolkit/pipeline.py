@@ -119,14 +119,17 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
            num_classes: int | None = None, weights: str | Path | None = None, pretrained: bool = False,
            calib: str | Path | None = None, calib_samples: int = 64, heldout_samples: int = 64,
            prune: float | None = None, seed: int = 0, options: dict | None = None,
-           progress: Progress | None = None) -> list[dict]:
-    """Export `model` to each target and verify it; returns one manifest dict per artifact."""
+           progress: Progress | None = None, keep_going: bool = False) -> list[dict]:
+    """Export `model` to each target and verify it; returns one manifest dict per artifact.
+
+    With keep_going, a target that fails yields {"artifact": {...}, "error": "..."} instead of raising, so
+    one unsupported operator does not stop the other targets (the matrix relies on this).
+    """
     say = progress or (lambda msg: None)
     plan = check_plan(ExportPlan(model, list(targets), Path(out_dir), int8, resolution, width, num_classes,
                                  Path(weights) if weights else None, pretrained, Path(calib) if calib else None,
                                  calib_samples, heldout_samples, prune, seed, dict(options or {})))
     from lwdeploy.converters import get_converter
-    from lwdeploy.converters.base import ExportRequest
     from lwdeploy.models.complexity import count_macs, count_params
     from lwdeploy.quantization import calibration
 
@@ -152,33 +155,50 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     for target in plan.targets:
         conv = get_converter(target)
         out_path = plan.out_dir / f"{stem}{conv.suffix}"
-        say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
-        t0 = time.perf_counter()
-        lowered = lower_for(net, target)
-        req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
-                            calib=images.calib_batches() if plan.int8 else [],
-                            options={k: v for k, v in plan.options.items() if v is not None})
-        result = conv.convert(req)
-        convert_s = time.perf_counter() - t0
-        say(f"{target}: verifying {out_path.name}")
-        t1 = time.perf_counter()
-        ver = conv.verify(result.path, images.heldout, reference)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "artifact": {"file": out_path.name, "path": str(out_path), "target": target, "format": conv.suffix,
-                         "sha256": sha256_of(result.path), "size_bytes": size_of(result.path)},
-            "model": model_meta,
-            "preprocessing": {"resolution": res, "layout": "NCHW", "color": "RGB", "range": "0..1 then (x-mean)/std",
-                              "mean": list(info.mean), "std": list(info.std)},
-            "quantization": result.quantization if plan.int8 else {"scheme": "none (float32)"},
-            "calibration": images.describe() if plan.int8 else None,
-            "verification": {"ran_on_host": ver.ran_on_host, "fidelity": ver.fidelity, "latency_ms": ver.latency_ms,
-                             "checks": ver.checks, "notes": ver.notes + result.notes,
-                             "heldout": {"source": images.source, "images": len(images.heldout)}},
-            "timings_s": {"convert": round(convert_s, 2), "verify": round(time.perf_counter() - t1, 2)},
-            "tools": tool_versions(),
-        }
-        write_json(manifest_path(out_path), manifest)
+        try:
+            manifest = _export_one(conv, target, net, info, example, images, reference, out_path, plan,
+                                   model_meta, say)
+        except Exception as e:
+            if not keep_going:
+                raise
+            kind = "user" if isinstance(e, LwdeployError) else type(e).__name__
+            manifest = {"artifact": {"file": out_path.name, "target": target, "format": conv.suffix},
+                        "model": model_meta, "error": f"{kind}: {str(e).strip().splitlines()[0][:500]}"
+                        if str(e).strip() else kind}
+            say(f"{target}: FAILED — {manifest['error']}")
         manifests.append(manifest)
     return manifests
 
+
+def _export_one(conv, target, net, info, example, images, reference, out_path, plan, model_meta, say) -> dict:
+    """Lower → (quantize) → convert → verify → manifest for one target."""
+    from lwdeploy.converters.base import ExportRequest
+
+    say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
+    t0 = time.perf_counter()
+    lowered = lower_for(net, target)
+    req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
+                        calib=images.calib_batches() if plan.int8 else [],
+                        options={k: v for k, v in plan.options.items() if v is not None})
+    result = conv.convert(req)
+    convert_s = time.perf_counter() - t0
+    say(f"{target}: verifying {out_path.name}")
+    t1 = time.perf_counter()
+    ver = conv.verify(result.path, images.heldout, reference)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "artifact": {"file": out_path.name, "path": str(out_path), "target": target, "format": conv.suffix,
+                     "sha256": sha256_of(result.path), "size_bytes": size_of(result.path)},
+        "model": model_meta,
+        "preprocessing": {"resolution": model_meta["resolution"], "layout": "NCHW", "color": "RGB", "range": "0..1 then (x-mean)/std",
+                          "mean": list(info.mean), "std": list(info.std)},
+        "quantization": result.quantization if plan.int8 else {"scheme": "none (float32)"},
+        "calibration": images.describe() if plan.int8 else None,
+        "verification": {"ran_on_host": ver.ran_on_host, "fidelity": ver.fidelity, "latency_ms": ver.latency_ms,
+                         "checks": ver.checks, "notes": ver.notes + result.notes,
+                         "heldout": {"source": images.source, "images": len(images.heldout)}},
+        "timings_s": {"convert": round(convert_s, 2), "verify": round(time.perf_counter() - t1, 2)},
+        "tools": tool_versions(),
+    }
+    write_json(manifest_path(out_path), manifest)
+    return manifest
