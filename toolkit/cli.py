@@ -17,6 +17,7 @@ from .errors import LwdeployError
 COMMANDS = {
     "models": "lwdeploy.commands.models:models",
     "export": "lwdeploy.commands.export:export",
+    "matrix": "lwdeploy.commands.matrix:matrix",
 }
 
 
