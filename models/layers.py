@@ -145,12 +145,18 @@ class FusedMBConv(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pool → (1×1 conv head + act) → dropout → linear. Pool keeps dims so the head stays NCHW."""
+    """(1×1 conv head + act) and global average pool → dropout → linear.
+
+    `pool_first` picks where the head conv sits: MobileNetV3/GhostNet pool first and run the wide conv on a
+    1×1 map (cheap); MobileNetV2/EfficientNet run it on the final feature map, then pool. The two are not
+    interchangeable (the activation sits between), so pretrained weights need the right one.
+    """
 
     def __init__(self, in_ch: int, num_classes: int, head_ch: int = 0, head_act: str = "relu6",
-                 head_bias: bool = True, head_bn: bool = False, dropout: float = 0.2):
+                 head_bias: bool = True, head_bn: bool = False, dropout: float = 0.2, pool_first: bool = True):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool_first = pool_first
         if head_ch:
             self.conv = nn.Conv2d(in_ch, head_ch, 1, bias=head_bias)
             self.bn = nn.BatchNorm2d(head_ch) if head_bn else nn.Identity()
@@ -163,7 +169,10 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(in_ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn(self.conv(self.pool(x))))
+        if self.pool_first:
+            x = self.act(self.bn(self.conv(self.pool(x))))
+        else:
+            x = self.pool(self.act(self.bn(self.conv(x))))
         return self.fc(self.dropout(self.flatten(x)))
 
 

@@ -114,7 +114,7 @@ class MBConvNet(nn.Module):
                  head_ch: int = 0, head_act: str | None = None, head_bias: bool = True, head_bn: bool = False,
                  scale_head: bool = True, se_gate: str = "hsigmoid", se_act: str = "relu",
                  se_from_expanded: bool = True, se_divisor: int = 8, dropout: float = 0.2,
-                 divisor: int = 8, in_ch: int = 3):
+                 divisor: int = 8, in_ch: int = 3, head_pool_first: bool = True):
         super().__init__()
         ch = lambda c: make_divisible(c * width, divisor)  # noqa: E731
         stem_out = stem_ch if fix_stem else ch(stem_ch)
@@ -134,7 +134,8 @@ class MBConvNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         if head_ch and scale_head and width > 1.0:
             head_ch = ch(head_ch)
-        self.head = ClassifierHead(prev, num_classes, head_ch, head_act or act, head_bias, head_bn, dropout)
+        self.head = ClassifierHead(prev, num_classes, head_ch, head_act or act, head_bias, head_bn, dropout,
+                                   pool_first=head_pool_first)
         self.num_features = head_ch or prev
         init_weights(self)
 

@@ -22,7 +22,7 @@ def efficientnet_lite(width: float = 1.0, depth: float = 1.0, num_classes: int =
                       **kw):
     return build_mbconv(EFFICIENTNET_LITE, depth=depth, fix_first_last=True, num_classes=num_classes,
                         width=width, stem_ch=32, fix_stem=True, act="relu6", head_ch=1280, head_bias=False,
-                        head_bn=True, scale_head=False, dropout=dropout, **kw)
+                        head_bn=True, scale_head=False, head_pool_first=False, dropout=dropout, **kw)
 
 
 _LITE = dict(family="EfficientNet-Lite", year=2020,

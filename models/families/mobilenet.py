@@ -37,7 +37,7 @@ MOBILENET_V3_SMALL = [
 
 def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, **kw):
     return build_mbconv(MOBILENET_V2, num_classes=num_classes, width=width, stem_ch=32, act="relu6",
-                        head_ch=1280, head_bias=False, head_bn=True, **kw)
+                        head_ch=1280, head_bias=False, head_bn=True, head_pool_first=False, **kw)
 
 
 def mobilenet_v3(arch: str = "large", num_classes: int = 1000, width: float = 1.0, **kw):
