@@ -50,3 +50,13 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_ch: int =
             hk.remove()
         model.train(was_training)
     return total + int(sum(extra))
+
+
+def count_on_meta(factory, resolution: int, **kwargs) -> tuple[int, int]:
+    """(params, MACs) of `factory(**kwargs)` built on the meta device: shapes only, no memory, no init cost —
+    the whole zoo counts in seconds. Parameter counts and hook-based MACs need shapes only."""
+    with torch.device("meta"):
+        model = factory(**kwargs)
+        params = count_params(model)
+        macs = count_macs(model, resolution)
+    return params, macs
