@@ -95,15 +95,17 @@ class DepthwiseSeparable(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, act: str = "relu6",
                  se_channels: int = 0, se_gate: str = "hsigmoid", se_act: str = "relu", pw_act: bool = False,
-                 skip: bool = True):
+                 skip: bool = True, se_after: bool = False):
         super().__init__()
         self.dw = ConvBNAct(in_ch, in_ch, kernel, stride, groups=in_ch, act=act)
-        self.se = SqueezeExcite(in_ch, se_channels, se_act, se_gate) if se_channels else nn.Identity()
+        # SE between dw and pw (MBConv families), or on the block output (SE-MobileNet, SENet paper)
+        self.se = SqueezeExcite(in_ch, se_channels, se_act, se_gate) if se_channels and not se_after else nn.Identity()
         self.pw = ConvBNAct(in_ch, out_ch, 1, act=act if pw_act else None)
+        self.se_out = SqueezeExcite(out_ch, se_channels, se_act, se_gate) if se_channels and se_after else nn.Identity()
         self.has_skip = skip and stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pw(self.se(self.dw(x)))
+        y = self.se_out(self.pw(self.se(self.dw(x))))
         return x + y if self.has_skip else y
 
 
@@ -111,14 +113,16 @@ class InvertedResidual(nn.Module):
     """MBConv: 1×1 expand → k×k depthwise → (SE) → 1×1 linear project, residual when shapes match."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, mid_ch: int | None = None,
-                 act: str = "relu6", se_channels: int = 0, se_gate: str = "hsigmoid", se_act: str = "relu"):
+                 act: str = "relu6", se_channels: int = 0, se_gate: str = "hsigmoid", se_act: str = "relu",
+                 expand_groups: int = 1, project_groups: int = 1, skip: bool = True):
         super().__init__()
         mid_ch = mid_ch or in_ch
-        self.expand = ConvBNAct(in_ch, mid_ch, 1, act=act) if mid_ch != in_ch else nn.Identity()
+        # grouped 1×1 expand/project: MixNet's a1.1/p1.1 (two equal channel groups)
+        self.expand = ConvBNAct(in_ch, mid_ch, 1, groups=expand_groups, act=act) if mid_ch != in_ch else nn.Identity()
         self.dw = ConvBNAct(mid_ch, mid_ch, kernel, stride, groups=mid_ch, act=act)
         self.se = SqueezeExcite(mid_ch, se_channels, se_act, se_gate) if se_channels else nn.Identity()
-        self.project = ConvBNAct(mid_ch, out_ch, 1, act=None)
-        self.has_skip = stride == 1 and in_ch == out_ch
+        self.project = ConvBNAct(mid_ch, out_ch, 1, groups=project_groups, act=None)
+        self.has_skip = skip and stride == 1 and in_ch == out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.se(self.dw(self.expand(x))))

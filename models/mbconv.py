@@ -5,7 +5,10 @@ A block string reads like `ir_r3_k5_s2_e6_c40_se0.25_nre`:
     r N    repeats              k N   kernel (k3.5.7 = mixed kernels, MixNet)
     s N    stride of the first  e X   expansion ratio
     c N    output channels      seX   squeeze-excite ratio (of the expanded channels)
-    nre    use ReLU instead of the network's default activation; `hs`/`sw`/`r6` force hswish/swish/relu6
+    nre    use ReLU instead of the network's default activation; `hs`/`sw`/`re6` force hswish/swish/relu6
+    gaN/gpN  groups of the 1×1 expand / project convs (MixNet)    noskip  no residual connection
+    pwa    activation after the pointwise conv of a `ds` block (MobileNetV1)
+    sea    squeeze-excite on the block output (ratio of output channels), as SENet adds it to MobileNet
 MobileNetV2/V3, MNASNet, FBNet, ChamNet, MixNet, EfficientNet(-Lite/V2) and TinyNet are then just data.
 """
 
@@ -33,24 +36,32 @@ class BlockSpec:
     se: float
     act: str | None      # None: the network default
     skip: bool = True
+    expand_groups: int = 1
+    project_groups: int = 1
+    pw_act: bool = False
+    se_after: bool = False
 
 
-_ACT_FLAGS = {"nre": "relu", "hs": "hswish", "sw": "swish", "r6": "relu6"}
+_ACT_FLAGS = {"nre": "relu", "hs": "hswish", "sw": "swish", "re6": "relu6"}
 
 
 def decode_block(text: str) -> BlockSpec:
     kind, *opts = text.split("_")
     if kind not in ("ds", "ir", "er", "cn", "mx"):
         raise ValueError(f"unknown block type {kind!r} in {text!r}")
-    vals = {"r": 1, "k": (3,), "s": 1, "e": 1.0, "c": None, "se": 0.0}
-    act, skip = None, True
+    vals = {"r": 1, "k": (3,), "s": 1, "e": 1.0, "c": None, "se": 0.0, "ga": 1, "gp": 1}
+    act, skip, pw_act, se_after = None, True, False, False
     for opt in opts:
         if opt in _ACT_FLAGS:
             act = _ACT_FLAGS[opt]
         elif opt == "noskip":
             skip = False
+        elif opt == "pwa":
+            pw_act = True
+        elif opt == "sea":
+            se_after = True
         else:
-            m = re.fullmatch(r"(se|[rksec])([\d.]+)", opt)
+            m = re.fullmatch(r"(se|ga|gp|[rksec])([\d.]+)", opt)
             if not m:
                 raise ValueError(f"cannot read option {opt!r} in block string {text!r}")
             key, val = m.groups()
@@ -62,7 +73,8 @@ def decode_block(text: str) -> BlockSpec:
                 vals[key] = int(val)
     if vals["c"] is None:
         raise ValueError(f"block string {text!r} has no output channels (c)")
-    return BlockSpec(kind, vals["r"], vals["k"], vals["s"], vals["e"], vals["c"], vals["se"], act, skip)
+    return BlockSpec(kind, vals["r"], vals["k"], vals["s"], vals["e"], vals["c"], vals["se"], act, skip,
+                     vals["ga"], vals["gp"], pw_act, se_after)
 
 
 def decode_arch(stages: list[list[str]]) -> list[list[BlockSpec]]:
@@ -147,13 +159,15 @@ class MBConvNet(nn.Module):
         if spec.kind == "cn":
             return ConvBNAct(in_ch, out_ch, kernel, stride, act=act)
         mid = make_divisible(in_ch * spec.exp, 8) if spec.kind in ("ir", "er", "mx") else in_ch
-        se_base = mid if se_from_expanded else in_ch
+        se_base = out_ch if spec.se_after else (mid if se_from_expanded else in_ch)
         se_ch = max(1, make_divisible(se_base * spec.se, se_divisor)) if spec.se else 0
         if spec.kind == "ds":
-            return DepthwiseSeparable(in_ch, out_ch, kernel, stride, act, se_ch, se_gate, se_act, skip=spec.skip)
+            return DepthwiseSeparable(in_ch, out_ch, kernel, stride, act, se_ch, se_gate, se_act,
+                                      pw_act=spec.pw_act, skip=spec.skip, se_after=spec.se_after)
         if spec.kind == "er":
             return FusedMBConv(in_ch, out_ch, kernel, stride, mid, act, se_ch, se_gate, se_act)
-        block = InvertedResidual(in_ch, out_ch, kernel, stride, mid, act, se_ch, se_gate, se_act)
+        block = InvertedResidual(in_ch, out_ch, kernel, stride, mid, act, se_ch, se_gate, se_act,
+                                 spec.expand_groups, spec.project_groups, spec.skip)
         if len(spec.kernel) > 1:  # MixNet: swap the depthwise conv for a mixed-kernel one
             block.dw.conv = MixedDepthwise(mid, spec.kernel, stride)
         return block

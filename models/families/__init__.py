@@ -1,3 +1,3 @@
 """Family modules. Importing this package registers every zoo variant (see ..registry)."""
 
-from . import efficientnet, ghostnet, mobilenet  # noqa: F401
+from . import efficientnet, fbnet, ghostnet, mixnet, mnasnet, mobilenet  # noqa: F401

@@ -52,7 +52,9 @@ _V2 = dict(family="MobileNetV2", year=2018, paper="MobileNetV2: Inverted Residua
            "(Sandler et al., CVPR 2018)", resolution=224)
 register_variants({
     "mobilenet_v2_100": dict(params_m=3.4, macs_m=300, top1=72.0, kwargs=dict(width=1.0)),
-    "mobilenet_v2_140": dict(params_m=6.9, macs_m=585, top1=74.7, kwargs=dict(width=1.4)),
+    "mobilenet_v2_140": dict(params_m=6.9, macs_m=585, top1=74.7, kwargs=dict(width=1.4),
+                             note="the paper's 6.9 M is not reproducible from its own table; the released TF-slim "
+                                  "1.4 checkpoint has 6.1 M, as counted here; MACs agree"),
 }, mobilenet_v2, **_V2)
 
 _V3 = dict(family="MobileNetV3", year=2019, paper="Searching for MobileNetV3 (Howard et al., ICCV 2019)",
@@ -61,3 +63,38 @@ register_variants({
     "mobilenet_v3_large_100": dict(params_m=5.4, macs_m=219, top1=75.2, kwargs=dict(arch="large")),
     "mobilenet_v3_small_100": dict(params_m=2.5, macs_m=56, top1=67.4, kwargs=dict(arch="small")),
 }, mobilenet_v3, **_V3)
+
+# MobileNetV1 (Howard et al. 2017, Table 1): 13 depthwise-separable blocks, BN + ReLU after both convs,
+# no residuals, no head conv. The width multiplier α scales every layer, the stem included.
+MOBILENET_V1 = [
+    ["ds_r1_k3_s1_c64"],
+    ["ds_r1_k3_s2_c128", "ds_r1_k3_s1_c128"],
+    ["ds_r1_k3_s2_c256", "ds_r1_k3_s1_c256"],
+    ["ds_r1_k3_s2_c512", "ds_r5_k3_s1_c512"],
+    ["ds_r1_k3_s2_c1024", "ds_r1_k3_s1_c1024"],
+]
+MOBILENET_V1 = [[b + "_pwa_noskip" for b in stage] for stage in MOBILENET_V1]
+# SE-MobileNet (SENet paper, Table 4): an SE (reduction 16, sigmoid gate) on every block's output
+SE_MOBILENET = [[b + "_se0.0625_sea" for b in stage] for stage in MOBILENET_V1]
+
+
+def mobilenet_v1(num_classes: int = 1000, width: float = 1.0, se: bool = False, **kw):
+    return build_mbconv(SE_MOBILENET if se else MOBILENET_V1, num_classes=num_classes, width=width, stem_ch=32,
+                        act="relu6", head_ch=0, se_gate="sigmoid", se_act="relu", se_divisor=1, dropout=0.001,
+                        **kw)
+
+
+_V1 = dict(family="MobileNetV1", year=2017, resolution=224, paper="MobileNets: Efficient Convolutional Neural "
+           "Networks for Mobile Vision Applications (Howard et al., 2017)")
+register_variants({
+    "mobilenet_v1_100": dict(params_m=4.2, macs_m=569, top1=70.6, kwargs=dict(width=1.0)),
+    "mobilenet_v1_075": dict(params_m=2.6, macs_m=325, top1=68.4, kwargs=dict(width=0.75)),
+    "mobilenet_v1_050": dict(params_m=1.3, macs_m=149, top1=63.7, kwargs=dict(width=0.5)),
+    "mobilenet_v1_025": dict(params_m=0.5, macs_m=41, top1=50.6,
+                             note="paper rounds params to 0.5 M (counted 0.47 M)", kwargs=dict(width=0.25)),
+}, mobilenet_v1, **_V1)
+
+register_variants({
+    "se_mobilenet_100": dict(params_m=4.7, macs_m=572, top1=74.7, kwargs=dict(width=1.0, se=True)),
+}, mobilenet_v1, family="SENet", year=2018, resolution=224,
+    paper="Squeeze-and-Excitation Networks (Hu et al., CVPR 2018), SE-MobileNet (Table 4)")
