@@ -64,9 +64,11 @@ def make_activation(name: str | None) -> nn.Module:
 class ConvBNAct(nn.Sequential):
     """Conv2d → BatchNorm → activation, padding symmetric (k//2) so no explicit PAD op is ever exported."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple[int, int] = 3, stride: int = 1, groups: int = 1,
                  act: str | None = "relu6", dilation: int = 1, bias: bool = False):
-        padding = (kernel - 1) // 2 * dilation
+        # a (kh, kw) kernel (SqueezeNeXt's 3×1 / 1×3) pads each axis symmetrically on its own
+        padding = ((kernel[0] - 1) // 2 * dilation, (kernel[1] - 1) // 2 * dilation) if isinstance(kernel, tuple) \
+            else (kernel - 1) // 2 * dilation
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation=dilation, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_ch)
@@ -178,6 +180,21 @@ class ClassifierHead(nn.Module):
         else:
             x = self.pool(self.act(self.bn(self.conv(x))))
         return self.fc(self.dropout(self.flatten(x)))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle as unflatten/transpose/flatten: no shape is read from the tensor, so it
+    exports with static sizes and converts to one reshape-transpose-reshape on every runtime."""
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+
+
+class ChannelShuffle(nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
 
 
 def init_weights(model: nn.Module) -> nn.Module:

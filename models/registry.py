@@ -29,7 +29,7 @@ class ModelInfo:
     paper: str
     resolution: int                       # the paper's input size (square)
     params_m: float | None                # paper: millions of parameters (1000 classes); None: not reported
-    macs_m: float                         # paper: millions of multiply-adds at `resolution`
+    macs_m: float | None                  # paper: millions of multiply-adds at `resolution`; None: not reported
     top1: float | None                    # paper: ImageNet top-1 (%)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
