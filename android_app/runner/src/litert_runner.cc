@@ -100,10 +100,12 @@ std::vector<TflOp> ReadOps(LiteRtApi& api, Handle model, std::string* error) {
       if (k == 0) o.output_name = name;
       o.module = ModuleFromTensorName(name);
     }
-    // The graph's last op writes the renamed signature output ("serving_default_output_0"): its inputs
-    // (activation, then weights named after the module) still carry the stack.
+    // The graph's last op writes the renamed signature output ("serving_default_output_0"): its weights
+    // (inputs 1.., named after the module that owns them) still carry the stack; the activation (input 0)
+    // names the op before it, so it is the last resort.
     api.LiteRtGetNumOpInputs(op, &n_in);
-    for (ParamIndex k = 0; k < n_in && !o.module; ++k) {
+    for (ParamIndex step = 0; step < n_in && !o.module; ++step) {
+      const ParamIndex k = (step + 1) % n_in;
       Handle t = nullptr;
       api.LiteRtGetOpInput(op, k, &t);
       o.module = ModuleFromTensorName(tensor_name(t));
