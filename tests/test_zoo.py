@@ -27,14 +27,17 @@ def _by_family() -> dict[str, list[str]]:
     return fams
 
 
-def _cheapest(names: list[str]) -> str:
-    return min(names, key=lambda n: get_info(n).macs_m * (get_info(n).resolution / 224) ** 0)
+# By default forward runs for one variant per family (the first registered), export for a few that cover
+# every op pattern in the zoo (SE + hard-swish, mixed kernels + split, channel shuffle, attention + fold,
+# NAS cells); everything else runs under -m heavy.
+FORWARD_SAMPLE = sorted({names[0] for names in _by_family().values()})
+EXPORT_SAMPLE = [n for n in ("mobilenet_v3_small_100", "mixnet_s", "shufflenet_v2_050", "mobilevit_xxs",
+                             "nasnet_a_mobile", "edgevit_xxs", "micronet_m0") if n in ALL]
 
 
-# the cheapest variant of each family runs by default; the rest only under -m heavy
-SAMPLE = sorted(_cheapest(v) for v in _by_family().values())
-REST = [n for n in ALL if n not in SAMPLE]
-ZOO = [pytest.param(n, id=n) for n in SAMPLE] + [pytest.param(n, id=n, marks=pytest.mark.heavy) for n in REST]
+def _params(sample: list[str]) -> list:
+    return ([pytest.param(n, id=n) for n in sample] +
+            [pytest.param(n, id=n, marks=pytest.mark.heavy) for n in ALL if n not in sample])
 
 
 def test_zoo_is_complete():
@@ -55,9 +58,11 @@ def test_zoo_is_complete():
 def test_metadata(name):
     info = get_info(name)
     assert info.name == name and info.family and info.paper and 2014 <= info.year <= 2025
-    assert 96 <= info.resolution <= 512 and info.macs_m > 0
+    assert 96 <= info.resolution <= 512
     assert info.params_m is None or info.params_m > 0
-    assert info.params_m is not None or info.note, "a missing paper param count needs a note"
+    assert info.macs_m is None or info.macs_m > 0
+    assert (info.params_m is not None and info.macs_m is not None) or info.note, \
+        "a paper number left out needs a note saying why"
     assert info.top1 is None or 40 < info.top1 < 90
     assert len(info.mean) == 3 and len(info.std) == 3 and all(s > 0 for s in info.std)
 
@@ -71,8 +76,10 @@ def test_params_and_macs_match_paper(name):
     if info.params_m is not None:
         rel = params / 1e6 / info.params_m - 1
         assert abs(rel) <= tol_p, f"params {params / 1e6:.2f} M vs paper {info.params_m} M ({rel:+.1%})"
-    rel = macs / 1e6 / info.macs_m - 1
-    assert abs(rel) <= tol_m, f"MACs {macs / 1e6:.0f} M vs paper {info.macs_m} M ({rel:+.1%})"
+    if info.macs_m is not None:
+        rel = macs / 1e6 / info.macs_m - 1
+        assert abs(rel) <= tol_m, f"MACs {macs / 1e6:.0f} M vs paper {info.macs_m} M ({rel:+.1%})"
+    assert params > 0 and macs > 0
 
 
 def test_meta_count_equals_real_count():
@@ -87,7 +94,7 @@ def _other_resolution(res: int) -> int:
     return res - 64 if res % 64 == 0 else res - 32 * 2
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", _params(FORWARD_SAMPLE))
 def test_forward_eval_batch_1_and_2(name):
     torch.manual_seed(0)
     model = create(name)
@@ -97,12 +104,14 @@ def test_forward_eval_batch_1_and_2(name):
         y2 = model(x)
         y1 = model(x[:1])
     assert y2.shape == (2, 1000) and torch.isfinite(y2).all()
-    # eval mode: a sample's output does not depend on the rest of the batch
-    torch.testing.assert_close(y1, y2[:1], rtol=1e-4, atol=1e-4)
+    # eval mode: a sample's output does not depend on the rest of the batch (random weights give huge
+    # logits, so compare relative to their scale)
+    scale = y2.abs().max()
+    torch.testing.assert_close(y1 / scale, y2[:1] / scale, rtol=1e-4, atol=1e-5)
     assert y2.std() > 0, "constant output: broken init or dead path"
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", _params(EXPORT_SAMPLE))
 def test_torch_export_two_resolutions(name):
     model = create(name)
     res = get_info(name).resolution
@@ -113,7 +122,9 @@ def test_torch_export_two_resolutions(name):
         # symmetric padding lives in the convs: a separate PAD op costs a copy on every runtime
         assert not any("pad" in o for o in ops), f"{name}@{r}: explicit pad ops {[o for o in ops if 'pad' in o]}"
         with torch.no_grad():
-            torch.testing.assert_close(ep.module()(x), model(x), rtol=1e-4, atol=1e-4)
+            ref = model(x)
+            scale = ref.abs().max()
+            torch.testing.assert_close(ep.module()(x) / scale, ref / scale, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2_100", "efficientnet_b0", "mnasnet_a1"])
