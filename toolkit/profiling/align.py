@@ -18,7 +18,8 @@ _COMPAT: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("divide",), ("div",)),
     (("clamp",), ("hardtanh", "relu", "clamp")),
     (("mean", "sum", "global average"), ("mean", "sum", "avg_pool")),
-    (("static reshape", "reshape", "copy"), ("view", "reshape", "squeeze", "flatten", "clone", "expand_dims")),
+    (("static reshape", "reshape"), ("view", "reshape", "squeeze", "flatten", "clone", "expand_dims")),
+    (("copy",), ("cat", "concatenation", "view", "reshape", "clone")),  # XNNPACK concatenates with copies
     (("convert",), ("quantize", "dequantize")),
     (("constant pad",), ("pad",)),
     (("max pooling", "argmax pooling"), ("max_pool",)),

@@ -95,8 +95,8 @@ bool KernelCanImplement(const std::string& kernel_name, const std::string& tfl_o
   if (StartsWith(k, "mean") || StartsWith(k, "sum") || k.find("reduce") != std::string::npos ||
       StartsWith(k, "global average"))
     return any({"MEAN", "SUM", "REDUCE_MAX", "AVERAGE_POOL_2D"});
-  if (StartsWith(k, "static reshape") || StartsWith(k, "copy") || StartsWith(k, "reshape"))
-    return any({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"});
+  if (StartsWith(k, "static reshape") || StartsWith(k, "reshape")) return any({"RESHAPE", "SQUEEZE", "EXPAND_DIMS"});
+  if (StartsWith(k, "copy")) return any({"CONCATENATION", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"});  // concat = copies
   if (StartsWith(k, "convert")) return any({"QUANTIZE", "DEQUANTIZE"});
   if (StartsWith(k, "constant pad")) return any({"PAD", "PADV2"});
   if (StartsWith(k, "max pooling") || StartsWith(k, "argmax pooling")) return any({"MAX_POOL_2D"});
