@@ -3,7 +3,8 @@ host:version, host:devices(-l), host:transport:<serial>, host:tport:serial:<seri
 
 Its one "device" is a temporary folder: device paths under /data/local/tmp land in <root>/data/local/tmp, and
 shell commands run in bash on this machine (with those paths rewritten), so the host-built runner really runs.
-`vanish_on` makes the device disappear when a shell command containing that text starts (for failure tests).
+`vanish_on` makes the device disappear when a shell command containing that text starts, `hang_on` makes such a
+command never answer, `flaky_sends` drops that many pushes mid-transfer (for failure, timeout and retry tests).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import stat
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 
@@ -25,6 +27,9 @@ class FakeAdbServer:
         self.abi = abi
         self.online = True
         self.vanish_on: str | None = None
+        self.hang_on: str | None = None  # a shell command containing this never answers (timeout tests)
+        self.flaky_sends = 0  # this many SENDs are dropped mid-transfer (retry tests)
+        self.sends = 0
         self.commands: list[str] = []
         (self.root / "data/local/tmp").mkdir(parents=True, exist_ok=True)
         bin_dir = self.root / "system/bin"
@@ -127,6 +132,9 @@ class FakeAdbServer:
             conn.close()
             return
         self._okay(conn)
+        if self.hang_on and self.hang_on in cmd:
+            time.sleep(30)
+            return
         env = dict(os.environ, PATH=f"{self.root / 'system/bin'}:{os.environ.get('PATH', '')}")
         proc = subprocess.run(["bash", "-c", self._rewrite(cmd)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               cwd=self.root, env=env)
@@ -149,6 +157,11 @@ class FakeAdbServer:
                     conn.sendall(b"STAT" + struct.pack("<III", 0, 0, 0))
             elif cmd == "SEND":
                 path, _, mode = arg.rpartition(",")
+                self.sends += 1
+                if self.flaky_sends > 0:
+                    self.flaky_sends -= 1
+                    conn.close()  # cable glitch: the transfer dies, the device stays listed
+                    return
                 target = self.local(path)
                 data = bytearray()
                 while True:

@@ -13,6 +13,16 @@ from lwdeploy.profiling.report import validate_report
 from profiling_fixtures import tiny_tflite  # noqa: F401
 
 
+@pytest.fixture(scope="module", autouse=True)
+def host_runner():
+    from lwdeploy.profiling.build_runner import ensure_runner
+    import shutil
+
+    if shutil.which("cmake") is None or (shutil.which("c++") or shutil.which("g++")) is None:
+        pytest.skip("the fake device runs the host-built runner: needs cmake and a C++17 compiler")
+    return ensure_runner()
+
+
 @pytest.fixture
 def fake(tmp_path):
     with FakeAdbServer(tmp_path / "device") as server:
@@ -70,3 +80,16 @@ def test_no_adb_server_is_a_user_error(tiny_tflite):
     s.close()  # nothing listens there now
     with pytest.raises(LwdeployError, match="adb server"):
         AdbProfiler("X", port=port).profile(tiny_tflite[0])
+
+
+def test_flaky_push_is_retried(fake, tiny_tflite):
+    fake.flaky_sends = 1
+    report = AdbProfiler("FAKE0001", port=fake.port, retries=3).profile(tiny_tflite[0], runs=3, warmup=1)
+    validate_report(report)
+    assert fake.sends == 4  # runner (twice), library, model
+
+
+def test_hanging_runner_times_out_with_a_clear_error(fake, tiny_tflite):
+    fake.hang_on = "lwdeploy-runner --runtime"
+    with pytest.raises(LwdeployError, match="while the runner was running"):
+        AdbProfiler("FAKE0001", port=fake.port, timeout=2).profile(tiny_tflite[0], runs=3, warmup=1)
