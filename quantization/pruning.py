@@ -496,3 +496,29 @@ def prunable_report(names: Iterable[str] | None = None, resolution: int = 64, ra
         except LwdeployError as e:
             out[name] = str(e)
     return out
+
+
+def build_from_spec(spec: str, *, num_classes: int | None = None, width: float | None = None,
+                    weights: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """A zoo name (optionally with a plain state dict) or an lwdeploy checkpoint file → (model, meta).
+
+    meta: {"model": zoo name, "overrides": {...}, "resolution": int | None, "pruning": {...} | None}; what
+    `save_checkpoint` needs to write the result back.
+    """
+    from lwdeploy.models.loader import load_model
+
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth") or path.is_file():
+        if weights:
+            raise LwdeployError("--weights cannot be combined with a checkpoint MODEL", "leave out --weights")
+        over = {k: v for k, v in {"num_classes": num_classes, "width": width}.items() if v is not None}
+        model, meta = load_checkpoint(path, overrides=over)
+        return model, {"model": meta["model"], "overrides": {**meta.get("overrides", {}), **over},
+                       "resolution": meta.get("resolution"), "pruning": meta.get("pruning"),
+                       "extra": meta.get("extra", {})}
+    if ":" in spec:
+        raise LwdeployError(f"{spec!r}: pruning checkpoints are written for zoo models only",
+                            "use a zoo name (see `lwdeploy models`)")
+    model, info = load_model(spec, num_classes=num_classes, width=width, weights=weights)
+    over = {k: v for k, v in {"num_classes": num_classes, "width": width}.items() if v is not None}
+    return model, {"model": info.name, "overrides": over, "resolution": None, "pruning": None, "extra": {}}

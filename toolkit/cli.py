@@ -17,6 +17,8 @@ from .errors import LwdeployError
 COMMANDS = {
     "models": "lwdeploy.commands.models:models",
     "export": "lwdeploy.commands.export:export",
+    "prune": "lwdeploy.commands.prune:prune",
+    "finetune": "lwdeploy.commands.finetune:finetune",
     "profile": "lwdeploy.commands.profile:profile",
     "compare": "lwdeploy.commands.compare:compare",
     "matrix": "lwdeploy.commands.matrix:matrix",
