@@ -1,0 +1,124 @@
+"""Read a .tflite flatbuffer with the schema reader ai-edge-litert ships (no extra dependency).
+
+Gives the structural facts a manifest needs: op histogram, layout TRANSPOSE / QUANTIZE / DEQUANTIZE
+counts, whether each convolution runs in int8, I/O tensors with quantization parameters, metadata.
+Also writes metadata entries (labels, normalisation) into a model, so an app needs no side files.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+from typing import Any
+
+from ai_edge_litert import schema_py_generated as schema
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+METADATA_NAME = "lwdeploy"      # our JSON entry in Model.metadata
+
+
+def _op_name(code: Any) -> str:
+    # Builtin codes > 127 live in builtin_code; the deprecated int8 field holds 127 ("placeholder") then.
+    value = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    if value == schema.BuiltinOperator.CUSTOM:
+        return f"CUSTOM:{code.CustomCode().decode()}"
+    return _OP_NAMES.get(value, str(value))
+
+
+def _tensor_spec(model: Any, graph: Any, index: int) -> dict[str, Any]:
+    t = graph.Tensors(index)
+    spec: dict[str, Any] = {
+        "name": t.Name().decode(),
+        "shape": [int(d) for d in t.ShapeAsNumpy()] if t.ShapeLength() else [],
+        "dtype": _TYPE_NAMES.get(t.Type(), str(t.Type())).lower(),
+    }
+    q = t.Quantization()
+    if q is not None and q.ScaleLength():
+        scales = [float(s) for s in q.ScaleAsNumpy()]
+        zps = [int(z) for z in q.ZeroPointAsNumpy()] if q.ZeroPointLength() else [0] * len(scales)
+        spec["quantization"] = (
+            {"scale": scales[0], "zero_point": zps[0]} if len(scales) == 1
+            else {"per_channel": len(scales), "axis": int(q.QuantizedDimension())}
+        )
+    return spec
+
+
+def inspect_tflite(path: Path | str) -> dict[str, Any]:
+    """Structural summary of a .tflite file (main subgraph)."""
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    ops = [_op_name(model.OperatorCodes(i)) for i in range(model.OperatorCodesLength())]
+    graph = model.Subgraphs(0)
+    histogram: collections.Counter[str] = collections.Counter()
+    convs = []
+    for j in range(graph.OperatorsLength()):
+        op = graph.Operators(j)
+        name = ops[op.OpcodeIndex()]
+        histogram[name] += 1
+        if name in _CONV_OPS:
+            inputs = op.InputsAsNumpy()
+            in_t, w_t = graph.Tensors(int(inputs[0])), graph.Tensors(int(inputs[1]))
+            convs.append({
+                "op": name,
+                "input": _TYPE_NAMES.get(in_t.Type()).lower(),
+                "weight": _TYPE_NAMES.get(w_t.Type()).lower(),
+                "int8": in_t.Type() == schema.TensorType.INT8 and w_t.Type() == schema.TensorType.INT8,
+                "output_tensor": graph.Tensors(int(op.OutputsAsNumpy()[0])).Name().decode(),
+            })
+    metadata = {}
+    for i in range(model.MetadataLength()):
+        m = model.Metadata(i)
+        metadata[m.Name().decode()] = int(model.Buffers(m.Buffer()).DataLength())
+    conv_only = [c for c in convs if c["op"] != "FULLY_CONNECTED"]
+    return {
+        "inputs": [_tensor_spec(model, graph, int(i)) for i in graph.InputsAsNumpy()],
+        "outputs": [_tensor_spec(model, graph, int(i)) for i in graph.OutputsAsNumpy()],
+        "op_histogram": dict(histogram.most_common()),
+        "op_count": sum(histogram.values()),
+        "transpose": histogram.get("TRANSPOSE", 0),
+        "quantize": histogram.get("QUANTIZE", 0),
+        "dequantize": histogram.get("DEQUANTIZE", 0),
+        "conv_ops": len(conv_only),
+        "conv_ops_int8": sum(c["int8"] for c in conv_only),
+        "fully_connected_int8": [c["int8"] for c in convs if c["op"] == "FULLY_CONNECTED"],
+        "float_convs": [c["output_tensor"] for c in conv_only if not c["int8"]][:20],
+        "subgraphs": model.SubgraphsLength(),
+        "metadata": metadata,
+    }
+
+
+def read_metadata(path: Path | str, name: str = METADATA_NAME) -> dict[str, Any] | None:
+    """Our JSON metadata entry, if present."""
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    for i in range(model.MetadataLength()):
+        m = model.Metadata(i)
+        if m.Name().decode() == name:
+            return json.loads(model.Buffers(m.Buffer()).DataAsNumpy().tobytes().decode())
+    return None
+
+
+def add_metadata(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
+    """Return `model_bytes` with extra Model.metadata entries (name → raw bytes), replacing same names.
+
+    Uses the object API of the shipped schema: unpack, append buffers, repack with the TFL3 identifier.
+    """
+    import flatbuffers
+    import numpy as np
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() not in entries]
+    for name, data in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(data, dtype=np.uint8)
+        model.buffers.append(buffer)
+        meta = schema.MetadataT()
+        meta.name = name.encode()
+        meta.buffer = len(model.buffers) - 1
+        model.metadata.append(meta)
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
