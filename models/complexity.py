@@ -12,7 +12,8 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_ch: int = 3) -> int:
-    """MACs of one forward pass at `resolution`, summed over Conv2d/Linear (and attention matmuls via hooks).
+    """MACs of one forward pass at `resolution`, summed over Conv2d/ConvTranspose2d/Linear (and attention matmuls
+    via hooks).
 
     Other ops (BN, activations, adds, pooling) are left out, as in the papers we compare with.
     """
@@ -24,6 +25,11 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_ch: int =
         kh, kw = m.kernel_size
         total += out.numel() * (m.in_channels // m.groups) * kh * kw
 
+    def deconv_hook(m: nn.ConvTranspose2d, inp, out):
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += inp[0].numel() * (m.out_channels // m.groups) * kh * kw   # every input pixel hits k×k outputs
+
     def linear_hook(m: nn.Linear, inp, out):
         nonlocal total
         total += out.numel() * m.in_features
@@ -32,6 +38,8 @@ def count_macs(model: nn.Module, resolution: int | tuple[int, int], in_ch: int =
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.ConvTranspose2d):
+            hooks.append(m.register_forward_hook(deconv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
         elif hasattr(m, "extra_macs"):  # modules with matmuls of their own (attention) report them

@@ -1,4 +1,4 @@
 """Family modules. Importing this package registers every zoo variant (see ..registry)."""
 
 from . import (efficientnet, fbnet, ghostnet, mixnet, mnasnet, mobilenet, senet, shufflenet,  # noqa: F401
-               condensenet, mobilevit, nas_cells, squeezenet)
+               condensenet, edgevit, mobilevit, nas_cells, squeezenet)
