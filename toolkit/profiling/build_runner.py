@@ -3,7 +3,8 @@
     python -m lwdeploy.profiling.build_runner          # prints the binary's path
     python -m lwdeploy.profiling.build_runner --regen-op-names
 
-Needs a C++17 compiler and CMake >= 3.18 (`apt-get install g++ cmake` or `pip install cmake`). Output goes to
+With the executorch wheel installed the runner also links its runtime (ExecuTorch + XNNPACK + ETDump).
+Needs a C++17 compiler and CMake >= 3.19 (`apt-get install g++ cmake` or `pip install cmake`). Output goes to
 ~/.cache/lwdeploy/runner/<hash of the sources>/ (or $LWDEPLOY_CACHE), never into the source tree.
 """
 
@@ -30,8 +31,21 @@ def runner_source_dir() -> Path:
     return src
 
 
+def executorch_cmake_dir() -> Path | None:
+    """The executorch wheel's CMake config, if the wheel is installed (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("executorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    cfg = Path(list(spec.submodule_search_locations)[0]) / "share" / "cmake"
+    return cfg if (cfg / "executorch-config.cmake").is_file() else None
+
+
 def _source_hash(src: Path) -> str:
     h = hashlib.sha256()
+    et = executorch_cmake_dir()  # a runner built with ExecuTorch links that wheel: rebuild when it moves
+    h.update(str(et).encode() + b"\0" + ((et / "executorch-config-version.cmake").read_bytes() if et else b""))
     for p in sorted([src / "CMakeLists.txt", *(src / "src").iterdir()]):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
@@ -55,7 +69,9 @@ def ensure_runner(verbose: bool = False) -> Path:
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
     try:
         gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-        for cmd in ([cmake, "-S", str(src), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release", *gen],
+        et = executorch_cmake_dir()
+        et_flags = [f"-Dexecutorch_DIR={et}"] if et else []
+        for cmd in ([cmake, "-S", str(src), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release", *gen, *et_flags],
                     [cmake, "--build", str(work), "--parallel", "2"]):
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -72,6 +88,12 @@ def ensure_runner(verbose: bool = False) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return binary
+
+
+def runner_capabilities(binary: Path) -> set[str]:
+    """Runtimes built into `binary` ("litert", and "executorch" when the wheel was found at build time)."""
+    proc = subprocess.run([str(binary), "--capabilities"], capture_output=True, text=True, timeout=30)
+    return set(proc.stdout.split()) if proc.returncode == 0 else {"litert"}
 
 
 def regen_op_names() -> Path:

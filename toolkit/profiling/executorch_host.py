@@ -1,7 +1,9 @@
-"""ExecuTorch on the host: run the .pte in the executorch runtime with ETDump on, read the dump with the devtools
-Inspector and the ETRecord, and tie every delegate kernel to the PyTorch module of the graph op it implements.
+"""ExecuTorch: run the .pte with ETDump on, read the dump with the devtools Inspector and the ETRecord, and tie
+every delegate kernel to the PyTorch module of the graph op it implements.
 
-(The on-device native ExecuTorch runner is not built yet; this harness is Python — see android_app/runner/README.md.)
+The run happens in the native runner (android_app/runner, linked against the executorch wheel's runtime) when it
+was built with ExecuTorch, else in the executorch Python runtime. Either way the ETDump is read here on the host,
+because the ETRecord (the map back to PyTorch) is a host-side file.
 """
 
 from __future__ import annotations
@@ -57,18 +59,70 @@ def _example_inputs(method) -> list:
     return inputs
 
 
-def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, etrecord: str | Path | None = None) -> dict:
-    from .profile import package_version
-
+def find_etrecord(artifact: Path, etrecord: str | Path | None) -> Path:
     etrecord = Path(etrecord) if etrecord else artifact.with_suffix(".etrecord")
     if not etrecord.is_file():
         raise LwdeployError(f"no ETRecord at {etrecord}: without it kernels cannot be tied to PyTorch modules",
                             "export with generate_etrecord=True and save it next to the .pte (or pass --etrecord)")
+    return etrecord
+
+
+def finish_report(report: dict, dump: Path, etrecord: Path) -> dict:
+    """Fill a native runner's ExecuTorch report (run fields + total) with layers from its ETDump."""
+    from .report import validate_report
+
+    layers, sums, _ = layers_from_etdump(dump, etrecord, report["runs"])
+    report["layers"] = layers
+    report["layers_sum_ms"] = percentiles(sums)
+    report["delegate"] = "xnnpack" if any("Xnnpack" in l["compute_unit"] for l in layers) else "portable"
+    report["mapping"] = ("ETDump delegate kernels aligned in execution order to the ETRecord's delegated graph ops; "
+                         "modules from their nn_module_stack")
+    report["notes"] = [n for n in report.get("notes", []) if not n.startswith("etdump:")] + [
+        "per-kernel times from the runner's ETDump, mapped on the host with the ETRecord"]
+    report["producer"] = "lwdeploy-runner (native ExecuTorch) + lwdeploy.profiling.executorch_host (ETRecord mapping)"
+    return validate_report(report)
+
+
+def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, etrecord: str | Path | None = None) -> dict:
+    etrecord = find_etrecord(artifact, etrecord)
     try:
-        from executorch.devtools import Inspector
-        from executorch.runtime import Runtime
+        import executorch  # noqa: F401
     except ImportError:
         raise LwdeployError("ExecuTorch profiling needs the executorch package", "pip install executorch") from None
+    from .build_runner import ensure_runner, runner_capabilities
+
+    try:
+        runner = ensure_runner()
+    except LwdeployError:
+        runner = None  # no compiler here: the Python runtime can still run it
+    if runner is not None and "executorch" in runner_capabilities(runner):
+        return _profile_native(runner, artifact, etrecord, runs=runs, warmup=warmup)
+    return _profile_python(artifact, etrecord, runs=runs, warmup=warmup)
+
+
+def _profile_native(runner: Path, artifact: Path, etrecord: Path, *, runs: int, warmup: int) -> dict:
+    import json
+    import subprocess
+
+    from .profile import package_version
+
+    with tempfile.TemporaryDirectory(prefix="lwdeploy-et-") as tmp:
+        out, dump = Path(tmp) / "report.json", Path(tmp) / "run.etdp"
+        cmd = [str(runner), "--runtime", "executorch", "--model", str(artifact.resolve()), "--etdump", str(dump),
+               "--out", str(out), "--runs", str(runs), "--warmup", str(warmup),
+               "--runtime-version", package_version("executorch"), "--artifact-name", str(artifact)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not out.is_file():
+            msg = [l for l in proc.stderr.splitlines() if l.startswith("lwdeploy-runner:")]
+            raise LwdeployError(f"the ExecuTorch runner failed on {artifact.name}: "
+                                f"{msg[-1] if msg else proc.stderr[-500:]}", "is it a valid .pte file?")
+        return finish_report(json.loads(out.read_text()), dump, etrecord)
+
+
+def _profile_python(artifact: Path, etrecord: Path, *, runs: int, warmup: int) -> dict:
+    from executorch.runtime import Runtime
+
+    from .profile import package_version
 
     program = Runtime.get().load_program(artifact, enable_etdump=True)
     method = program.load_method("forward")
@@ -83,7 +137,37 @@ def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, etrecord:
     with tempfile.TemporaryDirectory(prefix="lwdeploy-etdump-") as tmp:
         dump = Path(tmp) / "run.etdp"
         program.write_etdump_result_to_file(str(dump), str(Path(tmp) / "debug.bin"))
-        inspector = Inspector(etdump_path=str(dump), etrecord=str(etrecord))
+        layers, sums, total = layers_from_etdump(dump, etrecord, runs)
+    if total is None:
+        total = wall
+    out_layers = layers
+    version = package_version("executorch")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "measured",
+        "device": _host_device(version),
+        "artifact": {"path": str(artifact), "sha256": _sha256(artifact)},
+        "threads": 1,
+        "delegate": "xnnpack" if any("Xnnpack" in (l["compute_unit"]) for l in out_layers) else "portable",
+        "warmup_runs": warmup,
+        "runs": runs,
+        "total_ms": percentiles(total),
+        "layers_sum_ms": percentiles(sums),
+        "mapping": "ETDump delegate kernels aligned in execution order to the ETRecord's delegated graph ops; "
+                   "modules from their nn_module_stack",
+        "notes": ["per-kernel times from ETDump (executorch runtime, Python host harness)",
+                  "total_ms is ETDump's Method::execute time of the same runs",
+                  f"wall-clock p50 of those runs in Python: {percentiles(wall)['p50']:.3f} ms"],
+        "producer": "lwdeploy.profiling.executorch_host (Python runtime; native runner built without ExecuTorch)",
+        "layers": out_layers,
+    }
+
+
+def layers_from_etdump(dump: Path, etrecord: Path, runs: int) -> tuple[list[dict], list[float], list[float] | None]:
+    """Per-layer samples of the last `runs` executions in `dump`, their per-run sums, and Method::execute times."""
+    from executorch.devtools import Inspector
+
+    inspector = Inspector(etdump_path=str(dump), etrecord=str(etrecord))
     blocks = [b for b in inspector.event_blocks if b.name == "Execute"]
     if not blocks:
         raise LwdeployError("the ETDump has no Execute block", "was the .pte built with profiling events?")
@@ -129,28 +213,7 @@ def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, etrecord:
             module = list(first.values())[-1][0] if first else None
             op = ev.op_types[0] if ev.op_types else ev.name
             add(("native", ev.name), ev.name, op, module or None, "CPU (portable kernels)", ev.name, last_runs(ev))
-    if total is None:
-        total = wall
     out_layers = [{"name": l["name"], "op_type": l["op_type"], "module": l["module"], "ms": percentiles(l["samples"]),
                    "compute_unit": l["compute_unit"], "kernels": l["kernels"]} for l in (layers[k] for k in order)]
     sums = [sum(layers[k]["samples"][r] for k in order) for r in range(runs)]
-    version = package_version("executorch")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "measured",
-        "device": _host_device(version),
-        "artifact": {"path": str(artifact), "sha256": _sha256(artifact)},
-        "threads": 1,
-        "delegate": "xnnpack" if any("Xnnpack" in (l["compute_unit"]) for l in out_layers) else "portable",
-        "warmup_runs": warmup,
-        "runs": runs,
-        "total_ms": percentiles(total),
-        "layers_sum_ms": percentiles(sums),
-        "mapping": "ETDump delegate kernels aligned in execution order to the ETRecord's delegated graph ops; "
-                   "modules from their nn_module_stack",
-        "notes": ["per-kernel times from ETDump (executorch runtime, Python host harness)",
-                  "total_ms is ETDump's Method::execute time of the same runs",
-                  f"wall-clock p50 of those runs in Python: {percentiles(wall)['p50']:.3f} ms"],
-        "producer": "lwdeploy.profiling.executorch_host (Python)",
-        "layers": out_layers,
-    }
+    return out_layers, sums, total

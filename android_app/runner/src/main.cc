@@ -2,7 +2,9 @@
 //
 //   lwdeploy-runner --runtime litert --model m.tflite --lib libLiteRt.so --out report.json
 //                   [--runs 30] [--warmup 5] [--threads 1] [--runtime-version 2.3.0] [--artifact-name m.tflite]
+//   lwdeploy-runner --runtime executorch --model m.pte --etdump run.etdp --out report.json [--runs/--warmup ...]
 //   lwdeploy-runner --module-of TENSOR_NAME      (prints the PyTorch module a tensor name maps to)
+//   lwdeploy-runner --capabilities               (prints the runtimes built in)
 //
 // Exit 0: report written. Exit 1: the runtime failed (message on stderr, no report). Exit 2: bad arguments.
 #include <cstdio>
@@ -10,6 +12,7 @@
 #include <map>
 #include <string>
 
+#include "executorch_runner.h"
 #include "litert_runner.h"
 #include "module_path.h"
 #include "report.h"
@@ -20,7 +23,8 @@ int Usage(const std::string& why) {
   fprintf(stderr, "lwdeploy-runner: %s\n", why.c_str());
   fprintf(stderr,
           "usage: lwdeploy-runner --runtime litert --model FILE --lib libLiteRt.so --out REPORT.json "
-          "[--runs N] [--warmup N] [--threads N] [--runtime-version V] [--artifact-name NAME]\n");
+          "[--runs N] [--warmup N] [--threads N] [--runtime-version V] [--artifact-name NAME]\n"
+          "       lwdeploy-runner --runtime executorch --model FILE.pte --etdump RUN.etdp --out REPORT.json [...]\n");
   return 2;
 }
 
@@ -36,6 +40,10 @@ bool ParseInt(const std::string& s, int lo, int* out) {
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> opt;
+  if (argc == 2 && std::string(argv[1]) == "--capabilities") {
+    printf("litert%s\n", lwrunner::ExecuTorchAvailable() ? " executorch" : "");
+    return 0;
+  }
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--", 0) != 0 || i + 1 >= argc) return Usage("unexpected argument '" + a + "'");
@@ -48,28 +56,35 @@ int main(int argc, char** argv) {
   }
   for (const char* required : {"runtime", "model", "out"})
     if (!opt.count(required)) return Usage(std::string("--") + required + " is required");
-  if (opt["runtime"] != "litert")
-    return Usage("runtime '" + opt["runtime"] + "' is not built into this runner (supported: litert)");
-  if (!opt.count("lib")) return Usage("--lib (path to libLiteRt.so) is required for --runtime litert");
-
-  lwrunner::LiteRtArgs args;
-  args.model_path = opt["model"];
-  args.lib_path = opt["lib"];
-  if (opt.count("runs") && !ParseInt(opt["runs"], 1, &args.runs)) return Usage("--runs must be a positive integer");
-  if (opt.count("warmup") && !ParseInt(opt["warmup"], 0, &args.warmup)) return Usage("--warmup must be >= 0");
-  if (opt.count("threads") && !ParseInt(opt["threads"], 1, &args.threads)) return Usage("--threads must be >= 1");
+  const std::string runtime = opt["runtime"];
+  if (runtime != "litert" && !(runtime == "executorch" && lwrunner::ExecuTorchAvailable()))
+    return Usage("runtime '" + runtime + "' is not built into this runner (see --capabilities)");
+  int runs = 30, warmup = 5, threads = 1;
+  if (opt.count("runs") && !ParseInt(opt["runs"], 1, &runs)) return Usage("--runs must be a positive integer");
+  if (opt.count("warmup") && !ParseInt(opt["warmup"], 0, &warmup)) return Usage("--warmup must be >= 0");
+  if (opt.count("threads") && !ParseInt(opt["threads"], 1, &threads)) return Usage("--threads must be >= 1");
+  if (runtime == "litert" && !opt.count("lib")) return Usage("--lib (path to libLiteRt.so) is required for --runtime litert");
+  if (runtime == "executorch" && !opt.count("etdump")) return Usage("--etdump (where to write the ETDump) is required");
 
   lwrunner::Report report;
   std::string error;
-  report.artifact_path = opt.count("artifact-name") ? opt["artifact-name"] : args.model_path;
-  report.artifact_sha256 = lwrunner::Sha256File(args.model_path, &error);
+  report.artifact_path = opt.count("artifact-name") ? opt["artifact-name"] : opt["model"];
+  report.artifact_sha256 = lwrunner::Sha256File(opt["model"], &error);
   if (!error.empty()) {
     fprintf(stderr, "lwdeploy-runner: %s\n", error.c_str());
     return 1;
   }
   report.device = lwrunner::ProbeDevice();
   report.runtime_version = opt.count("runtime-version") ? opt["runtime-version"] : "unknown";
-  if (!lwrunner::ProfileLiteRt(args, &report, &error)) {
+  bool ok;
+  if (runtime == "litert") {
+    lwrunner::LiteRtArgs args{opt["model"], opt["lib"], threads, warmup, runs};
+    ok = lwrunner::ProfileLiteRt(args, &report, &error);
+  } else {
+    lwrunner::ExecuTorchArgs args{opt["model"], opt["etdump"], warmup, runs};
+    ok = lwrunner::ProfileExecuTorch(args, &report, &error);
+  }
+  if (!ok) {
     fprintf(stderr, "lwdeploy-runner: %s\n", error.c_str());
     return 1;
   }
