@@ -34,6 +34,8 @@ class ConversionResult:
     quantization: dict[str, Any]                # scheme, quantizer, per_channel, calibration count…
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)   # conversion-time facts (delegate partitions…)
+    extra_files: list[Path] = field(default_factory=list)   # written beside the artifact (e.g. ETRecord)
 
 
 @dataclass
