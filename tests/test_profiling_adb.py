@@ -10,7 +10,7 @@ from lwdeploy.cli import main
 from lwdeploy.errors import LwdeployError
 from lwdeploy.profiling.adb import AdbProfiler, DeviceGone
 from lwdeploy.profiling.report import validate_report
-from profiling_fixtures import tiny_tflite  # noqa: F401
+from profiling_fixtures import tiny_pte, tiny_tflite  # noqa: F401
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,3 +93,16 @@ def test_hanging_runner_times_out_with_a_clear_error(fake, tiny_tflite):
     fake.hang_on = "lwdeploy-runner --runtime"
     with pytest.raises(LwdeployError, match="while the runner was running"):
         AdbProfiler("FAKE0001", port=fake.port, timeout=2).profile(tiny_tflite[0], runs=3, warmup=1)
+
+
+def test_pte_over_adb_pushes_executorch_runtime_and_maps_etdump(fake, tiny_pte, host_runner):
+    from lwdeploy.profiling.build_runner import runner_capabilities
+
+    if "executorch" not in runner_capabilities(host_runner):
+        pytest.skip("the host runner was built without ExecuTorch (executorch wheel not found at build time)")
+    path, model = tiny_pte
+    report = AdbProfiler("FAKE0001", port=fake.port).profile(path, runs=4, warmup=1)
+    assert report["device"]["runtime"] == "executorch" and report["producer"].startswith("lwdeploy-runner (native")
+    assert {l["module"] for l in report["layers"] if l["module"]} <= {n for n, _ in model.named_modules()}
+    assert any(c.startswith("rm -rf") for c in fake.commands)
+    assert list((fake.root / "data/local/tmp").iterdir()) == []

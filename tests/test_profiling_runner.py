@@ -85,6 +85,10 @@ def test_host_executorch_profile_maps_delegate_kernels(tiny_pte, tmp_path):
     assert main(["profile", str(path), "--runs", "10", "--warmup", "2", "--out", str(out)]) == 0
     report = validate_report(json.loads(out.read_text()))
     assert report["device"]["runtime"] == "executorch"
+    from lwdeploy.profiling.build_runner import ensure_runner, runner_capabilities
+
+    if "executorch" in runner_capabilities(ensure_runner()):  # the run happened in the native runner
+        assert report["producer"].startswith("lwdeploy-runner (native ExecuTorch)")
     named = [l["module"] for l in report["layers"] if l["module"]]
     assert set(named) <= {n for n, _ in model.named_modules()}
     assert coverage(report)["named_fraction"] >= 0.9

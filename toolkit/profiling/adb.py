@@ -1,9 +1,10 @@
-"""Profile on an Android phone over adb: push the native runner, libLiteRt.so and the artifact to
-/data/local/tmp, run, pull the report, clean up.
+"""Profile on an Android phone over adb: push the native runner, the runtime libraries (libLiteRt.so, or the
+ExecuTorch .so files) and the artifact to /data/local/tmp, run, pull the report (and ETDump), clean up.
 
 Talks to the adb server through `adbutils` (default 127.0.0.1:5037, or $ANDROID_ADB_SERVER_PORT). The phone needs
 the runner cross-built for its ABI (android_app/runner/README.md) and LiteRT's Android libLiteRt.so: pass them as
-`runner=`/`litert_lib=` or $LWDEPLOY_ANDROID_RUNNER / $LWDEPLOY_ANDROID_LITERT. A device whose ABI is the host's
+`runner=`/`litert_lib=` or $LWDEPLOY_ANDROID_RUNNER / $LWDEPLOY_ANDROID_LITERT (and, for .pte, a folder of
+ExecuTorch .so files built for the phone in $LWDEPLOY_ANDROID_EXECUTORCH_LIBS). A device whose ABI is the host's
 (an x86_64 test device) gets the host-built runner and the wheel's library.
 """
 
@@ -88,35 +89,64 @@ class AdbProfiler:
         raise self._gone_or(last, doing) from None
 
     # ---- profiling ----
-    def _payload(self, dev) -> tuple[Path, Path]:
-        if self.runner and self.litert_lib:
-            return Path(self.runner), Path(self.litert_lib)
+    def _host_abi_device(self, dev) -> tuple[bool, str]:
         abi = self._retry("reading the device ABI", lambda: dev.shell("getprop ro.product.cpu.abi", timeout=30)).strip()
-        if abi and abi == HOST_ABI:
-            from .build_runner import ensure_runner
-            from .profile import litert_library
+        return bool(abi) and abi == HOST_ABI, abi
 
-            return Path(self.runner) if self.runner else ensure_runner(), Path(self.litert_lib or litert_library())
-        raise LwdeployError(f"device {self.serial} is {abi or 'of unknown ABI'}: it needs the runner cross-built for it",
-                            "build it with the NDK (android_app/runner/README.md) and set LWDEPLOY_ANDROID_RUNNER and "
-                            "LWDEPLOY_ANDROID_LITERT")
+    def _payload(self, dev, runtime: str) -> tuple[Path, list[Path]]:
+        """The runner and the runtime libraries to push, for the device's ABI."""
+        et_libs = os.environ.get("LWDEPLOY_ANDROID_EXECUTORCH_LIBS")
+        if self.runner and (self.litert_lib if runtime == "litert" else et_libs):
+            libs = [Path(self.litert_lib)] if runtime == "litert" else sorted(Path(et_libs).glob("*.so"))
+            return Path(self.runner), libs
+        same_abi, abi = self._host_abi_device(dev)
+        if not same_abi:
+            need = "LWDEPLOY_ANDROID_LITERT" if runtime == "litert" else "LWDEPLOY_ANDROID_EXECUTORCH_LIBS"
+            raise LwdeployError(f"device {self.serial} is {abi or 'of unknown ABI'}: it needs the runner cross-built "
+                                "for it", f"build it with the NDK (android_app/runner/README.md) and set "
+                                f"LWDEPLOY_ANDROID_RUNNER and {need}")
+        from .build_runner import ensure_runner, executorch_cmake_dir, runner_capabilities
+        from .profile import litert_library
 
-    def profile(self, artifact: str | Path, *, runs: int = 50, warmup: int = 10, threads: int = 1) -> dict:
-        from .profile import package_version, runner_command
+        runner = Path(self.runner) if self.runner else ensure_runner()
+        if runtime == "litert":
+            return runner, [Path(self.litert_lib or litert_library())]
+        if "executorch" not in runner_capabilities(runner):
+            raise LwdeployError("the runner was built without ExecuTorch", "install the executorch wheel and rebuild")
+        return runner, sorted((executorch_cmake_dir().parents[1] / "lib").glob("*.so"))
+
+    def profile(self, artifact: str | Path, *, runs: int = 50, warmup: int = 10, threads: int = 1,
+                etrecord: str | Path | None = None) -> dict:
+        from .profile import package_version, runner_command, runtime_of
 
         artifact = Path(artifact)
+        runtime = runtime_of(artifact)
+        if runtime not in ("litert", "executorch"):
+            raise LwdeployError(f"{runtime} artifacts cannot be profiled over adb", "use --device host")
+        if runtime == "executorch":
+            from .executorch_host import find_etrecord
+
+            etrecord = find_etrecord(artifact, etrecord)  # fail before touching the device
         dev = self.device()
-        runner, lib = self._payload(dev)
+        runner, libs = self._payload(dev, runtime)
         remote = f"{REMOTE_ROOT}/lwdeploy-{uuid.uuid4().hex[:8]}"
-        r_runner, r_lib, r_model, r_out = (f"{remote}/lwdeploy-runner", f"{remote}/libLiteRt.so",
-                                          f"{remote}/{artifact.name}", f"{remote}/report.json")
+        r_runner, r_model, r_out, r_dump = (f"{remote}/lwdeploy-runner", f"{remote}/{artifact.name}",
+                                            f"{remote}/report.json", f"{remote}/run.etdp")
         try:
             self._retry("creating the work folder", lambda: self._sh(dev, f"mkdir -p {shlex.quote(remote)}", 30))
             self._retry("pushing the runner", lambda: dev.sync.push(str(runner), r_runner, mode=0o755))
-            self._retry("pushing libLiteRt.so", lambda: dev.sync.push(str(lib), r_lib, mode=0o644))
+            for lib in libs:
+                self._retry(f"pushing {lib.name}", lambda lib=lib: dev.sync.push(str(lib), f"{remote}/{lib.name}",
+                                                                               mode=0o644))
             self._retry("pushing the artifact", lambda: dev.sync.push(str(artifact), r_model, mode=0o644))
-            cmd = runner_command(r_runner, r_model, r_lib, r_out, runs=runs, warmup=warmup, threads=threads,
-                                 runtime_version=package_version("ai-edge-litert"), artifact_name=str(artifact))
+            if runtime == "litert":
+                cmd = runner_command(r_runner, r_model, f"{remote}/{libs[0].name}", r_out, runs=runs, warmup=warmup,
+                                     threads=threads, runtime_version=package_version("ai-edge-litert"),
+                                     artifact_name=str(artifact))
+            else:
+                cmd = [r_runner, "--runtime", "executorch", "--model", r_model, "--etdump", r_dump, "--out", r_out,
+                       "--runs", str(runs), "--warmup", str(warmup),
+                       "--runtime-version", package_version("executorch"), "--artifact-name", str(artifact)]
             line = f"cd {shlex.quote(remote)} && LD_LIBRARY_PATH={shlex.quote(remote)} " + shlex.join(cmd)
             try:
                 result = dev.shell2(line, timeout=self.timeout)
@@ -127,6 +157,8 @@ class AdbProfiler:
                 raise LwdeployError(f"the runner failed on device {self.serial} (exit {result.returncode}): "
                                     f"{msg[-1] if msg else result.output[-400:]}", "see the message above")
             raw = self._retry("pulling the report", lambda: dev.sync.read_bytes(r_out))
+            dump = self._retry("pulling the ETDump", lambda: dev.sync.read_bytes(r_dump)) \
+                if runtime == "executorch" else None
         finally:
             try:
                 self._sh(dev, f"rm -rf {shlex.quote(remote)}", 30)
@@ -136,6 +168,14 @@ class AdbProfiler:
             report = json.loads(raw)
         except ValueError:
             raise LwdeployError(f"the report pulled from {self.serial} is not JSON", "no report was written") from None
+        if runtime == "executorch":
+            import tempfile
+
+            from .executorch_host import finish_report
+
+            with tempfile.TemporaryDirectory(prefix="lwdeploy-etdump-") as tmp:
+                (Path(tmp) / "run.etdp").write_bytes(dump)
+                return finish_report(report, Path(tmp) / "run.etdp", etrecord)
         return validate_report(report)
 
     @staticmethod

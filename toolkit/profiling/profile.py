@@ -88,9 +88,6 @@ def profile_artifact(artifact: str | Path, *, device: str = "host", runs: int = 
         from .executorch_host import profile_executorch_host
 
         return profile_executorch_host(artifact, runs=runs, warmup=warmup, etrecord=etrecord)
-    if runtime != "litert":
-        raise LwdeployError(f"profiling {runtime} artifacts over adb is not supported yet",
-                            "only .tflite has a native on-device runner; profile .pte with --device host")
     from .adb import AdbProfiler
 
-    return AdbProfiler(serial=device).profile(artifact, runs=runs, warmup=warmup, threads=threads)
+    return AdbProfiler(serial=device).profile(artifact, runs=runs, warmup=warmup, threads=threads, etrecord=etrecord)
