@@ -1,0 +1,197 @@
+"""Target-aware lowering: rewrite blocks into the forms each runtime runs in int8 inside its delegate.
+
+`lower(model, target, int8=True)` returns a rewritten COPY (the caller's model is never touched) that
+computes the same function in float. What it rewrites, and why (measured with litert-torch 0.10 /
+ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
+
+* hard-swish / hard-sigmoid (ours and torch.nn's) for int8 → x·(relu6(x + 3)·⅙) with the constants held as
+  (1,1,1,1) buffers. Each piece is an int8 op XNNPACK runs (ADD with fused RELU6, MUL). Two details matter:
+  - a native HARD_SWISH op is float-only in XNNPACK (TFLite and ExecuTorch), so int8 models fall out of
+    the delegate around every activation (16 partitions in MobileNetV3-Large);
+  - litert-torch's NHWC layout pass only moves an elementwise op to NHWC when every input is 4-D. A scalar
+    `x + 3.0` becomes a 0-d constant, the op stays NCHW and gets a TRANSPOSE on each side (36 in
+    MobileNetV3-Small). Division `/ 6` is not annotated by any PT2E quantizer, so it stays a float island
+    with DEQUANTIZE/QUANTIZE around it; a multiplication by a ⅙ buffer is quantized.
+  For float exports hard-swish becomes torch's own `nn.Hardswish` (native HARD_SWISH / XNNPACK hardswish).
+* squeeze-excite gates with hard-sigmoid: the +3 is folded into the bias of the excite conv, so the gate is
+  relu6 (fused into the conv) and one MUL by ⅙ on a 1×1×C tensor; the output range is fixed by the function.
+* TFLite only: stride-2 convolutions with PyTorch's symmetric padding on an even input do not match TF
+  "SAME" (which pads 0 before / 1 after), so litert-torch emits an explicit PAD op before each of them. A
+  kernel one tap larger, whose extra last tap is zero, with the same symmetric padding, covers exactly the
+  same input window AND is TF "SAME": no PAD op. The choice depends on the input size, so it is made when
+  the model is traced (shapes are static then); other sizes use the original kernel. Explicit
+  `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a Sequential is folded into
+  the convolution's padding when symmetric.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lwdeploy.errors import LwdeployError
+from lwdeploy.models import layers
+
+TARGETS = ("tflite", "executorch", "coreml")
+
+
+class _Consts(nn.Module):
+    """Holds 3 and ⅙ as (1,1,1,1) buffers: 4-D constants keep litert-torch's layout pass in NHWC."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("three", torch.full((1, 1, 1, 1), 3.0), persistent=False)
+        self.register_buffer("sixth", torch.full((1, 1, 1, 1), 1.0 / 6.0), persistent=False)
+
+    def _c(self, x: torch.Tensor):
+        if x.dim() == 4:
+            return self.three, self.sixth
+        return 3.0, 1.0 / 6.0
+
+
+class QuantHardSigmoid(_Consts):
+    """relu6(x + 3)·⅙ — ADD (relu6 fused) and MUL, both int8 in every delegate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        three, sixth = self._c(x)
+        return F.relu6(x + three) * sixth
+
+
+class QuantHardSwish(_Consts):
+    """x·(relu6(x + 3)·⅙) — int8 ADD, MUL, MUL instead of a float-only HARD_SWISH."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        three, sixth = self._c(x)
+        return x * (F.relu6(x + three) * sixth)
+
+
+class ScaledReLU6(_Consts):
+    """relu6(x)·⅙: a hard-sigmoid whose +3 was folded into the bias of the conv before it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, sixth = self._c(x)
+        return F.relu6(x) * sixth
+
+
+class TFSameConv2d(nn.Conv2d):
+    """A Conv2d that, for input sizes where PyTorch's symmetric padding is not TF "SAME", runs an equivalent
+    kernel one tap larger (zero last tap) that is — so litert-torch emits no PAD op. Exact in float."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "TFSameConv2d":
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+        new.load_state_dict(conv.state_dict())
+        # A parameter of its own (not F.pad(weight) in forward): PT2E's conv-BN folding and weight observers
+        # need the conv's weight to be a graph constant, not the output of an op.
+        with torch.no_grad():
+            new.weight_same = nn.Parameter(F.pad(conv.weight, (0, 1, 0, 1)), requires_grad=False)
+        new.train(conv.training)
+        return new
+
+    def _grown(self, size: int, dim: int) -> bool | None:
+        """True: grow this spatial dim by one tap; False: already SAME/VALID; None: cannot express."""
+        k, s, p = self.kernel_size[dim], self.stride[dim], self.padding[dim]
+        out = (size + 2 * p - k) // s + 1
+        if p == 0:
+            return False                       # VALID (or fine as is)
+        if _is_same(size, k, s, p, out):
+            return False
+        if (size + 2 * p - (k + 1)) // s + 1 == out and _is_same(size, k + 1, s, p, out):
+            return True
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.padding_mode != "zeros" or isinstance(self.padding, str) or x.dim() != 4
+                or any(d != 1 for d in self.dilation)):
+            return super().forward(x)
+        grow = [self._grown(int(x.shape[2 + d]), d) for d in (0, 1)]
+        if grow != [True, True]:
+            return super().forward(x)        # already SAME, or a size where only one dim would grow
+        # the extra tap sits at the END of each dim, so every window starts where it did (i·s − p)
+        return F.conv2d(x, self.weight_same, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _is_same(size: int, k: int, s: int, p: int, out: int) -> bool:
+    if out != math.ceil(size / s):
+        return False
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2 == p and total - total // 2 == p
+
+
+def lower(model: nn.Module, target: str, *, int8: bool = True) -> nn.Module:
+    """A rewritten copy of `model` for `target` ('tflite' | 'executorch' | 'coreml'); same function in float.
+
+    `int8=False` keeps native float forms (HARD_SWISH is fastest in float); the padding rewrite applies to
+    both because PAD ops cost float exports too.
+    """
+    if target not in TARGETS:
+        raise LwdeployError(f"unknown lowering target {target!r}", f"choose from {', '.join(TARGETS)}")
+    was_training = model.training
+    out = copy.deepcopy(model).eval()
+    if target == "coreml":
+        # Core ML's converter maps hard-swish/hard-sigmoid to its own ops; nothing here is measured to help.
+        return out.train(was_training)
+    _fold_se_gates(out)
+    _replace_activations(out, int8)
+    if target == "tflite":
+        _fold_explicit_pads(out)
+        _same_pad_convs(out)
+    return out.train(was_training)
+
+
+def _fold_se_gates(model: nn.Module) -> None:
+    """SqueezeExcite with a hard-sigmoid gate: +3 into fc2's bias, gate → relu6·⅙."""
+    for m in model.modules():
+        if (isinstance(m, layers.SqueezeExcite) and isinstance(m.gate, (layers.HardSigmoid, nn.Hardsigmoid))
+                and isinstance(m.fc2, nn.Conv2d)):
+            fc2 = m.fc2
+            if fc2.bias is None:
+                fc2.bias = nn.Parameter(torch.zeros(fc2.out_channels, dtype=fc2.weight.dtype))
+            with torch.no_grad():
+                fc2.bias.add_(3.0)
+            m.gate = ScaledReLU6()
+
+
+def _replace_activations(model: nn.Module, int8: bool) -> None:
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            new = None
+            if isinstance(child, (layers.HardSwish, nn.Hardswish)):
+                new = QuantHardSwish() if int8 else nn.Hardswish()
+            elif isinstance(child, (layers.HardSigmoid, nn.Hardsigmoid)):
+                new = QuantHardSigmoid()
+            elif isinstance(child, nn.Hardtanh) and not isinstance(child, nn.ReLU6) and \
+                    (child.min_val, child.max_val) == (0.0, 6.0):
+                new = nn.ReLU6()
+            if new is not None:
+                setattr(parent, name, new)
+
+
+def _fold_explicit_pads(model: nn.Module) -> None:
+    """nn.ZeroPad2d(p) (symmetric) right before a zero-padded Conv2d in a Sequential → conv padding += p."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            pad, conv = seq._modules[a], seq._modules[b]
+            if not (isinstance(pad, (nn.ZeroPad2d, nn.ConstantPad2d)) and isinstance(conv, nn.Conv2d)):
+                continue
+            if isinstance(pad, nn.ConstantPad2d) and pad.value != 0:
+                continue
+            left, right, top, bottom = pad.padding
+            if left != right or top != bottom or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+                continue
+            conv.padding = (conv.padding[0] + top, conv.padding[1] + left)
+            seq._modules[a] = nn.Identity()
+
+
+def _same_pad_convs(model: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if (type(child) is nn.Conv2d and any(s > 1 for s in child.stride) and any(p > 0 for p in child.padding)
+                    and not isinstance(child.padding, str)):
+                setattr(parent, name, TFSameConv2d.from_conv(child))

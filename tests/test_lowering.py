@@ -1,0 +1,151 @@
+"""Lowering rewrites blocks for a runtime; it must compute the same function in float and leave the caller's
+model alone. The structural effect (no TRANSPOSE / PAD / QUANTIZE islands in the .tflite) is checked by
+the heavy test at the bottom, which converts a small hard-swish + SE + stride-2 network."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import lwdeploy.models as zoo
+from lwdeploy.errors import LwdeployError
+from lwdeploy.models import layers
+from lwdeploy.quantization.lowering import (QuantHardSigmoid, QuantHardSwish, ScaledReLU6, TFSameConv2d,
+                                            _is_same, lower)
+
+ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
+             "mobilenet_v2_100"]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("name", ZOO_SMALL)
+@pytest.mark.parametrize("target,int8", [("tflite", True), ("tflite", False), ("executorch", True)])
+def test_lowered_zoo_model_is_float_equivalent(name, target, int8):
+    torch.manual_seed(0)
+    model = zoo.create(name)
+    x = torch.randn(1, 3, 64, 64)       # even size: every stride-2 conv takes the grown-kernel path
+    with torch.no_grad():
+        ref = model(x)
+        out = lower(model, target, int8=int8)(x)
+    assert _rel_err(out, ref) < 1e-5
+
+
+def test_lower_returns_a_copy_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = zoo.create("mobilenet_v3_small_100")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = [type(m) for m in model.modules()]
+    lowered = lower(model, "tflite")
+    assert lowered is not model
+    assert [type(m) for m in model.modules()] == kinds
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # and the copy really was rewritten
+    assert not any(isinstance(m, (layers.HardSwish, layers.HardSigmoid)) for m in lowered.modules())
+    assert any(isinstance(m, QuantHardSwish) for m in lowered.modules())
+    assert any(isinstance(m, ScaledReLU6) for m in lowered.modules())
+    assert any(isinstance(m, TFSameConv2d) for m in lowered.modules())
+
+
+def test_executorch_lowering_keeps_pytorch_padding():
+    lowered = lower(zoo.create("mobilenet_v2_100"), "executorch")
+    assert not any(isinstance(m, TFSameConv2d) for m in lowered.modules())   # XNNPACK pads inside the conv
+
+
+def test_float_lowering_uses_native_hardswish():
+    lowered = lower(zoo.create("mobilenet_v3_small_100"), "tflite", int8=False)
+    assert any(isinstance(m, nn.Hardswish) for m in lowered.modules())
+    assert not any(isinstance(m, QuantHardSwish) for m in lowered.modules())
+
+
+def test_unknown_target_is_a_user_error():
+    with pytest.raises(LwdeployError):
+        lower(nn.Conv2d(3, 3, 1), "onnx")
+
+
+@pytest.mark.parametrize("act_cls,ref", [(QuantHardSwish, nn.Hardswish()), (QuantHardSigmoid, nn.Hardsigmoid())])
+@pytest.mark.parametrize("shape", [(2, 8, 5, 5), (4, 7)])
+def test_activation_forms_match_torch(act_cls, ref, shape):
+    x = torch.linspace(-8, 8, int(torch.tensor(shape).prod())).reshape(shape)
+    torch.testing.assert_close(act_cls()(x), ref(x), atol=1e-6, rtol=0)
+    assert act_cls()(x).shape == x.shape    # 4-D constants must not broadcast a 2-D input up to 4-D
+
+
+def test_torch_activations_of_user_models_are_rewritten():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 8, 1), nn.Hardsigmoid(),
+                          nn.Hardtanh(0.0, 6.0))
+    lowered = lower(model, "executorch")
+    kinds = [type(m) for m in lowered]
+    assert kinds[1] is QuantHardSwish and kinds[3] is QuantHardSigmoid and kinds[4] is nn.ReLU6
+    x = torch.randn(1, 3, 16, 16) * 4
+    torch.testing.assert_close(lowered(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,size,groups", [(k, s, n, g) for k, s, n, g in itertools.product(
+    (3, 5, 7), (2, 3), (7, 8, 14, 15, 16, 112), (1, 4))])
+def test_tf_same_conv_equals_the_original(k, s, size, groups):
+    torch.manual_seed(k * 100 + s * 10 + size)
+    conv = nn.Conv2d(4, 8, k, s, k // 2, groups=groups, bias=True)
+    same = TFSameConv2d.from_conv(conv)
+    x = torch.randn(2, 4, size, size)
+    torch.testing.assert_close(same(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_grown_kernel_is_tf_same_where_the_original_is_not():
+    # 3×3/2 with pad 1 on 224 is not TF SAME (which pads 0 before, 1 after) → grow; on 7 it already is.
+    conv = TFSameConv2d(3, 3, 3, 2, 1)
+    assert conv._grown(224, 0) is True and _is_same(224, 4, 2, 1, 112)
+    assert conv._grown(7, 0) is False
+    assert TFSameConv2d(3, 3, 5, 2, 2)._grown(112, 0) is True
+
+
+def test_symmetric_explicit_pad_folds_into_the_conv():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(3, 4, 3, 1, 0), nn.ReLU(), nn.ZeroPad2d((0, 1, 0, 1)),
+                          nn.Conv2d(4, 4, 3, 2, 0))
+    lowered = lower(model, "tflite")
+    assert isinstance(lowered[0], nn.Identity) and lowered[1].padding == (1, 1)
+    assert isinstance(lowered[3], nn.ZeroPad2d)          # asymmetric (TF SAME) pad is left for the converter
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(lowered(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_se_gate_fold_moves_the_plus_three_into_the_bias():
+    torch.manual_seed(0)
+    se = layers.SqueezeExcite(16, 8)
+    model = nn.Sequential(se)
+    lowered = lower(model, "executorch")
+    assert isinstance(lowered[0].gate, ScaledReLU6)
+    torch.testing.assert_close(lowered[0].fc2.bias, se.fc2.bias + 3.0)
+    x = torch.randn(2, 16, 5, 5)
+    torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.heavy
+def test_int8_tflite_has_no_transpose_pad_or_float_island():
+    """A hard-swish/SE/stride-2 net, quantized with litert-torch's PT2E quantizer: after lowering the .tflite
+    has one TRANSPOSE (the NCHW input), no PAD, no QUANTIZE/DEQUANTIZE inside; before lowering it has all."""
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    from benchmarks.int8_bench import export_tflite, tflite_op_counts
+
+    torch.manual_seed(0)
+    model = nn.Sequential(layers.ConvBNAct(3, 16, 3, 2, act="hswish"),
+                          layers.InvertedResidual(16, 16, 3, 2, 32, act="hswish", se_channels=8),
+                          layers.InvertedResidual(16, 16, 3, 1, 32, act="hswish", se_channels=8)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    calib = [torch.randn(1, 3, 64, 64) for _ in range(4)]
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        vendor = tflite_op_counts(export_tflite(model, x, Path(d) / "v.tflite", int8=True, calib=calib))
+        ours = tflite_op_counts(export_tflite(lower(model, "tflite"), x, Path(d) / "l.tflite", int8=True,
+                                              calib=calib))
+    assert vendor["TRANSPOSE"] > 2 and vendor["PAD"] > 0
+    assert ours["TRANSPOSE"] == 2 and ours["PAD"] == 0       # NCHW input and NCHW 4-D output
+    assert ours["QUANTIZE"] + ours["DEQUANTIZE"] <= 2         # at most the float input/output edges
