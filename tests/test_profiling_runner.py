@@ -36,6 +36,9 @@ def test_op_name_table_matches_installed_litert():
     ("pkg.Net/pkg.Block_stem/torch.nn.modules.batchnorm.BatchNorm2d_bn;;pkg.Net/pkg.Block_stem/torch.nn.modules.conv.Conv2d_conv;1",
      "stem"),  # a fused conv+bn names its parent layer
     ("pkg.Net/pkg.Block_stem/pkg.Act_act_fn;", "stem.act_fn"),  # attributes may contain "_"
+    # a depthwise conv fused with its ReLU, whose name also carries the producer of its input
+    ("N/S_blocks/G_ghost1/C_cheap/R_act;;N/S_blocks/G_ghost1/C_primary/R_act;;N/S_blocks/G_ghost1/C_cheap/K_conv;",
+     "blocks.ghost1.cheap"),
     ("serving_default_output_0_output", "null"),
     ("torch.export._trace._non_strict_export.<locals>.Wrapper;3", "null"),
 ])

@@ -64,7 +64,7 @@ def report_html(report: dict, *, top: int = 20, depth: int = 3) -> str:
 <div class="card">total (p50, p10–p90)<b>{report['total_ms']['p50']:.3f} ms</b>{report['total_ms']['p10']:.3f}–{report['total_ms']['p90']:.3f}</div>
 <div class="card">layers ÷ total<b>{cov['layers_over_total'] * 100:.1f}%</b>sum of layer times per run</div>
 <div class="card">named modules<b>{cov['named_fraction'] * 100:.1f}%</b>of layer time</div>
-<div class="card">layers<b>{cov['layers']}</b>{html.escape(report.get('mapping', '')[:60])}</div>
+<div class="card">layers<b>{cov['layers']}</b>{html.escape(', '.join(sorted({l['compute_unit'] for l in report['layers']})))}</div>
 </div>
 <h2>Top {len(modules)} PyTorch modules (p50 ms, grouped to depth {depth})</h2>
 {_bar_chart(modules)}
@@ -96,7 +96,7 @@ def compare_html(reports: list[dict], names: list[str], *, depth: int = 2, top: 
         for mod, vals in rows[: top + 1])
     # grouped bars: one row per module, one coloured bar per report
     label_w, bar_h, width = 260, 12, 1000
-    shown = rows[: top + 1]
+    shown = rows[1: top + 1]  # modules only: the total would flatten every other bar (it is in the table)
     vmax = max((v or 0.0) for _, vals in shown for v in vals) or 1.0
     group_h = bar_h * len(reports) + 10
     svg = [f'<svg width="{width}" height="{group_h * len(shown) + 10}" xmlns="http://www.w3.org/2000/svg">']

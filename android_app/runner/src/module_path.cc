@@ -62,17 +62,20 @@ std::optional<std::string> ModuleFromTensorName(const std::string& tensor_name) 
     if (auto st = StackOf(comp); st && !st->empty()) stacks.push_back(*st);
   }
   if (stacks.empty()) return std::nullopt;
-  const std::vector<std::string>& first = stacks.front();
-  size_t common = first.size();
+  if (stacks.size() == 1) return Join(stacks[0], stacks[0].size());
+  // A fused op (conv+bn+act) names sibling modules: their parent is the layer. The name may also carry the
+  // stack of an input's producer, so the parent most stacks share wins (ties: the first stack's).
+  std::vector<std::pair<std::string, int>> parents;  // in first-seen order
   for (const auto& st : stacks) {
-    size_t k = 0;
-    while (k < common && k < st.size() && st[k] == first[k]) ++k;
-    common = k;
+    const std::string parent = Join(st, st.size() - 1);
+    auto it = std::find_if(parents.begin(), parents.end(), [&](const auto& p) { return p.first == parent; });
+    if (it == parents.end()) parents.emplace_back(parent, 1);
+    else ++it->second;
   }
-  // Fused ops (conv+bn+act) name sibling modules: their parent is the layer. Stacks that only meet far
-  // up (an activation fused across blocks) would blur the answer, so then the first stack wins.
-  if (common >= 1 && common + 1 >= first.size()) return Join(first, common);
-  return Join(first, first.size());
+  const auto best = std::max_element(parents.begin(), parents.end(),
+                                     [](const auto& a, const auto& b) { return a.second < b.second; });
+  if (best->second >= 2 && !best->first.empty()) return best->first;
+  return Join(stacks[0], stacks[0].size());
 }
 
 bool KernelCanImplement(const std::string& kernel_name, const std::string& tfl_op) {
