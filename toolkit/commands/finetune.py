@@ -55,8 +55,9 @@ def finetune(model, data, epochs, teacher, resolution, width, num_classes, weigh
     eval_set = open_dataset(data, train=False, resolution=res, mean=info.mean, std=info.std, limit=eval_samples)
     teacher_net = None
     if teacher:
-        teacher_net, tmeta = pruning.build_from_spec(teacher, num_classes=None if str(teacher).endswith(
-            (".pt", ".pth")) else num_classes)
+        is_file = str(teacher).endswith((".pt", ".pth"))
+        teacher_net, _ = pruning.build_from_spec(
+            teacher, num_classes=None if is_file else (num_classes or meta["overrides"].get("num_classes")))
     before = evaluate(net, eval_set, progress=True, console=console)
     console.log(f"training on {train_set.source}; accuracy before: {before:.2f}%")
     result = train(net, train_set, cfg, teacher=teacher_net, eval_dataset=None, console=console)
