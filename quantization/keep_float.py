@@ -1,0 +1,99 @@
+"""Keep chosen layers in float: `keep_float=[module paths]` (ExportRequest.options["keep_float"]).
+
+Works with any PT2E quantizer (litert-torch, ExecuTorch XNNPACK, coremltools): `KeepFloat(quantizer, paths)`
+lets the wrapped quantizer annotate the graph, then removes the annotations of every node that belongs to one
+of `paths` (the module itself or anything inside it) — so prepare_pt2e puts no observers there and those ops
+stay float, with QUANTIZE/DEQUANTIZE at their edges. Pick the paths from the fidelity report's
+`per_layer.worst` (the largest SQNR drops); each kept layer costs latency, so measure it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torchao.quantization.pt2e.quantizer import Quantizer, SharedQuantizationSpec
+
+from lwdeploy.errors import LwdeployError
+
+ANNOTATION = "quantization_annotation"
+
+
+def _node_paths(node: torch.fx.Node) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    out = []
+    for path, _cls in stack.values():
+        if isinstance(path, str):
+            out.append(path.replace("L['self'].", "").replace("L__self__.", ""))
+    return out
+
+
+def _inside(node: torch.fx.Node, paths: tuple[str, ...]) -> bool:
+    return any(p == k or p.startswith(k + ".") for p in _node_paths(node) for k in paths)
+
+
+def _refers_to(spec, dropped: set) -> bool:
+    if not isinstance(spec, SharedQuantizationSpec):
+        return False
+    edge_or_node = spec.edge_or_node
+    nodes = edge_or_node if isinstance(edge_or_node, tuple) else (edge_or_node,)
+    return any(n in dropped for n in nodes)
+
+
+class KeepFloat(Quantizer):
+    def __init__(self, quantizer: Quantizer, paths: Iterable[str]):
+        super().__init__()
+        self.quantizer = quantizer
+        self.paths = tuple(p.strip() for p in paths if p and p.strip())
+        self.unmatched: list[str] = []
+
+    def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        return self.quantizer.transform_for_annotation(model)
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        model = self.quantizer.annotate(model) or model
+        nodes = list(model.graph.nodes)
+        hit = {k: False for k in self.paths}
+        dropped = set()
+        for n in nodes:
+            if _inside(n, self.paths):
+                for k in self.paths:
+                    if any(p == k or p.startswith(k + ".") for p in _node_paths(n)):
+                        hit[k] = True
+                if ANNOTATION in n.meta:
+                    del n.meta[ANNOTATION]
+                    dropped.add(n)
+        # Neighbours that share a quantization spec with a dropped node (e.g. relu6 sharing its input's
+        # observer) lose theirs too, and so on until nothing refers to a dropped node.
+        changed = True
+        while changed:
+            changed = False
+            for n in nodes:
+                ann = n.meta.get(ANNOTATION)
+                if ann is None:
+                    continue
+                specs = list(ann.input_qspec_map.values()) + [ann.output_qspec]
+                if any(_refers_to(s, dropped) for s in specs):
+                    del n.meta[ANNOTATION]
+                    dropped.add(n)
+                    changed = True
+        self.unmatched = [k for k, v in hit.items() if not v]
+        return model
+
+    def validate(self, model: torch.fx.GraphModule) -> None:
+        self.quantizer.validate(model)
+
+
+def wrap(quantizer: Quantizer, keep_float: Iterable[str] | None, model: torch.nn.Module | None = None) -> Quantizer:
+    """`quantizer` unchanged when nothing is kept; else KeepFloat. With `model`, unknown paths are user errors."""
+    paths = [p for p in (keep_float or []) if p]
+    if not paths:
+        return quantizer
+    if model is not None:
+        known = dict(model.named_modules())
+        bad = [p for p in paths if p not in known]
+        if bad:
+            sample = ", ".join(list(k for k in known if k)[:5])
+            raise LwdeployError(f"keep_float: no module named {', '.join(map(repr, bad))}",
+                                f"use module paths as in model.named_modules(), e.g. {sample}")
+    return KeepFloat(quantizer, paths)
