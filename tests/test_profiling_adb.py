@@ -15,10 +15,9 @@ from profiling_fixtures import tiny_pte, tiny_tflite  # noqa: F401
 
 @pytest.fixture(scope="module", autouse=True)
 def host_runner():
-    from lwdeploy.profiling.build_runner import ensure_runner
-    import shutil
+    from lwdeploy.profiling.build_runner import ensure_runner, find_cmake, find_compiler
 
-    if shutil.which("cmake") is None or (shutil.which("c++") or shutil.which("g++")) is None:
+    if find_cmake() is None or find_compiler() is None:
         pytest.skip("the fake device runs the host-built runner: needs cmake and a C++17 compiler")
     return ensure_runner()
 

@@ -13,11 +13,9 @@ from profiling_fixtures import tiny_pte, tiny_tflite  # noqa: F401  (session fix
 
 @pytest.fixture(scope="module")
 def runner():
-    import shutil
+    from lwdeploy.profiling.build_runner import ensure_runner, find_cmake, find_compiler
 
-    from lwdeploy.profiling.build_runner import ensure_runner
-
-    if shutil.which("cmake") is None or (shutil.which("c++") or shutil.which("g++")) is None:
+    if find_cmake() is None or find_compiler() is None:
         pytest.skip("building the native runner needs cmake and a C++17 compiler (apt-get install cmake g++)")
     return ensure_runner()
 

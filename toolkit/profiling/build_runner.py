@@ -51,6 +51,27 @@ def _source_hash(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def find_cmake() -> str | None:
+    """CMake from this environment (pip's `cmake`, in the test extra) before the system's: CI runs the venv's
+    python without putting its bin/ on PATH."""
+    here = Path(sys.executable).parent / "cmake"
+    if here.is_file():
+        return str(here)
+    try:
+        import cmake as cmake_pkg
+
+        exe = Path(cmake_pkg.CMAKE_BIN_DIR) / "cmake"
+        if exe.is_file():
+            return str(exe)
+    except (ImportError, AttributeError):
+        pass
+    return shutil.which("cmake")
+
+
+def find_compiler() -> str | None:
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("LWDEPLOY_CACHE", Path.home() / ".cache" / "lwdeploy"))
 
@@ -62,9 +83,11 @@ def ensure_runner(verbose: bool = False) -> Path:
     binary = out / BINARY
     if binary.is_file():
         return binary
-    cmake = shutil.which("cmake")
+    cmake = find_cmake()
     if cmake is None:
         raise LwdeployError("building the native runner needs CMake", "apt-get install cmake (or pip install cmake)")
+    if find_compiler() is None:
+        raise LwdeployError("building the native runner needs a C++17 compiler", "apt-get install g++")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
     try:
