@@ -44,13 +44,11 @@ class ExportPlan:
 
 
 def resolve_targets(names: Sequence[str]) -> list[str]:
-    from lwdeploy.converters import TARGETS
+    from lwdeploy.converters import TARGETS, get_target
 
     out: list[str] = []
     for name in names or ("tflite",):
-        for n in (TARGETS if name == "all" else [name]):
-            if n not in TARGETS:
-                raise LwdeployError(f"unknown target {n!r}", f"choose from {', '.join(TARGETS)} or all")
+        for n in (TARGETS if name == "all" else [get_target(name).name]):
             if n not in out:
                 out.append(n)
     return out

@@ -7,6 +7,27 @@ import time
 
 import click
 
+from lwdeploy.converters import TARGETS
+
+
+def target_options(func):
+    """One CLI option per key in the TARGETS table (a bool becomes --key/--no-key), so a target that learns
+    a new option shows up here and in --help without touching this file."""
+    seen: dict[str, tuple] = {}
+    for t in TARGETS.values():
+        for opt in t.options:
+            prev = seen.get(opt.key)
+            seen[opt.key] = (opt, (prev[1] if prev else []) + [t.name])
+    for key, (opt, names) in reversed(list(seen.items())):
+        flag = "--" + key.replace("_", "-")
+        help_text = f"[{', '.join(names)}] {opt.help}"
+        if opt.type is bool:
+            func = click.option(f"{flag}/--no-{key.replace('_', '-')}", key, default=None, help=help_text)(func)
+        else:
+            func = click.option(flag, key, type=click.Choice(opt.choices) if opt.choices else opt.type,
+                                default=None, help=f"{help_text} (default {opt.default})")(func)
+    return func
+
 
 @click.command()
 @click.argument("model")
@@ -26,8 +47,9 @@ import click
 @click.option("--prune", type=float, help="Structured channel pruning ratio in (0, 1) before export.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random init, crops and calibration order.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
+@target_options
 def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
-           calib_samples, heldout_samples, prune, seed, as_json):
+           calib_samples, heldout_samples, prune, seed, as_json, **target_opts):
     """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
 
     Writes each artifact with a manifest (<artifact>.json) beside it: sha256, size, I/O spec,
@@ -47,7 +69,8 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
         manifests = run_export(model, targets, out_dir=out_dir, int8=int8, resolution=resolution, width=width,
                                num_classes=num_classes, weights=weights, pretrained=pretrained, calib=calib,
                                calib_samples=calib_samples, heldout_samples=heldout_samples, prune=prune,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress,
+                               options={k: v for k, v in target_opts.items() if v is not None})
     console.print(summary_table(manifests))
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s — manifests beside each artifact")
     if as_json:
