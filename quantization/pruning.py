@@ -145,6 +145,8 @@ def _attempt(model, ratio, example, before, round_to, importance, ignored_names,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            stand_ins = _swap_shuffles(work, example)
+            modules = dict(work.named_modules())
             dg = tp.DependencyGraph().build_dependency(work, example_inputs=example)
             _roots_in_forward_order(dg, work)
             ignored_mods = [m for n in sorted(ignored_names) for m in modules[n].modules()]
@@ -159,6 +161,7 @@ def _attempt(model, ratio, example, before, round_to, importance, ignored_names,
                     _zero_group_in(reference, group, names, dg)
                 group.prune()
                 groups += 1
+            _restore_shuffles(work, stand_ins)
     except Exception as e:  # the tracer meets an op it cannot model: say which and why, plainly
         raise LwdeployError(f"Torch-Pruning failed to trace or prune {label} "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
@@ -184,6 +187,65 @@ def _attempt(model, ratio, example, before, round_to, importance, ignored_names,
     return work
 
 
+class _ShuffleStandIn(nn.Conv2d):
+    """A ChannelShuffle written as the equivalent 1×1 conv with a 0/1 permutation matrix, only while tracing.
+
+    Torch-Pruning cannot follow a shuffle's view → transpose → view (its reshape index mapping divides by
+    zero or maps channels to the wrong place). As a conv, the graph is exact: channels before the shuffle
+    and after it form separate groups, and both touch the stand-in, which we never prune — so the shuffled
+    trunk keeps its width while everything between shuffles (branch/bottleneck channels) is pruned.
+    """
+
+    def __init__(self, permutation: torch.Tensor):
+        c = len(permutation)
+        super().__init__(c, c, 1, bias=False)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[torch.arange(c), permutation, 0, 0] = 1.0
+
+
+def _is_shuffle(m: nn.Module) -> bool:
+    from lwdeploy.models.layers import ChannelShuffle
+
+    return isinstance(m, ChannelShuffle) or (type(m).__name__ == "ChannelShuffle" and not any(m.parameters()))
+
+
+def _swap_shuffles(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """Replace every channel shuffle by its stand-in conv; returns {name: original} for _restore_shuffles."""
+    found = {n: m for n, m in model.named_modules() if n and _is_shuffle(m)}
+    if not found:
+        return {}
+    widths: dict[str, int] = {}
+    def record(name):
+        def hook(mod, inp, out):  # returns None: a hook's return value would replace the output
+            widths.setdefault(name, inp[0].shape[1])
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in found.items()]
+    with torch.no_grad():
+        model(example)
+    for h in hooks:
+        h.remove()
+    for name, m in found.items():
+        if name not in widths:
+            continue
+        c = widths[name]
+        with torch.no_grad():
+            perm = m(torch.arange(c, dtype=torch.float32).view(1, c, 1, 1)).view(-1).round().long()
+        _set_submodule(model, name, _ShuffleStandIn(perm))
+    return {n: m for n, m in found.items() if n in widths}
+
+
+def _restore_shuffles(model: nn.Module, originals: dict[str, nn.Module]) -> None:
+    for name, m in originals.items():
+        _set_submodule(model, name, m)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
 def _keep_count(units: int, ratio: float, multiple: int) -> int:
     """Kept units: nearest multiple of `multiple`, at least one multiple, never more than there are."""
     keep = units * (1.0 - ratio)
@@ -206,9 +268,11 @@ def _choose_channels(dg, group, root, handler, imp_fn, ratio: float, round_to: i
     k = len(probe)
     for dep, _ in group:  # grouped (not depthwise) convs: each conv group must keep the same size
         mod = dep.target.module
+        if isinstance(mod, _ShuffleStandIn):
+            return []  # channels that go through a channel shuffle keep their width (see _swap_shuffles)
         if isinstance(mod, nn.Conv2d) and 1 < mod.groups < mod.out_channels:
             k = max(k, mod.groups)
-    if n % k or (len(probe) > 1 and probe != list(range(0, n, n // k))):
+    if k == 0 or n % k or (len(probe) > 1 and probe != list(range(0, n, n // k))):
         return []  # a coupling we cannot express as blocks: keep the group whole rather than guess
     unit = n // k
     imp = imp_fn(group)
@@ -443,11 +507,13 @@ def _replay(model: nn.Module, history: list, resolution: int) -> str | None:
     import torch_pruning as tp
 
     model.eval()
+    example = torch.zeros(1, 3, resolution, resolution)
+    stand_ins = {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, resolution,
-                                                                                         resolution))
+            stand_ins = _swap_shuffles(model, example)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
             modules = dict(model.named_modules())
             for name, is_out, idxs in history:
                 mod = modules.get(name)
@@ -457,9 +523,11 @@ def _replay(model: nn.Module, history: list, resolution: int) -> str | None:
                 if idxs and n is not None and max(idxs) >= n:
                     return f"the pruning history removes channel {max(idxs)} of {name!r}, which has {n}"
                 dg.load_pruning_history([[name, is_out, list(idxs)]])
-        _sync_channel_attributes(model)
     except Exception as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    finally:
+        _restore_shuffles(model, stand_ins)
+        _sync_channel_attributes(model)
     return None
 
 

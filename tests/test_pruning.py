@@ -127,6 +127,17 @@ def test_channel_split_and_shuffle_trunk_kept_whole_branches_pruned():
     assert pruned.lwdeploy_pruning["check"] == "masked-equivalent"
 
 
+def test_zoo_shufflenet_v2_prunes_between_shuffles():
+    if "shufflenet_v2_100" not in list_models():
+        pytest.skip("shufflenet_v2_100 is not in the zoo")
+    torch.manual_seed(0)
+    model = create("shufflenet_v2_100", num_classes=10)
+    pruned = prune(model, 0.3, _example())
+    assert pruned.lwdeploy_pruning["check"] == "masked-equivalent"
+    assert count_macs(pruned, RES) < 0.8 * count_macs(model, RES)
+    assert type(pruned.blocks[0][0].shuffle).__name__ == "ChannelShuffle"   # the stand-in conv is gone again
+
+
 def test_equivalence_check_catches_a_wrong_channel_mapping():
     torch.manual_seed(0)
     model = create("mobilenet_v2_100", num_classes=10)
