@@ -33,21 +33,23 @@ class ExecuTorchStages:
     edge: Any                # executorch.exir.EdgeProgramManager, after XNNPACK partitioning
     program: Any             # executorch.exir.ExecutorchProgramManager (.buffer is the .pte)
     quantization: dict[str, Any]
+    delegation: dict[str, Any]   # read from `edge` before to_executorch (which adds memory-planning nodes)
 
-    def delegation(self) -> dict[str, Any]:
-        """How much of the graph XNNPACK took: partitions, and which ops stayed outside (run by portable kernels)."""
-        gm = self.edge.exported_program().graph_module
-        outside: collections.Counter[str] = collections.Counter()
-        partitions = 0
-        for node in gm.graph.nodes:
-            if node.op != "call_function":
-                continue
-            name = getattr(node.target, "__name__", str(node.target))
-            if "executorch_call_delegate" in name:
-                partitions += 1
-            elif name not in _NON_OPS and "getitem" not in name:
-                outside[str(node.target).replace("aten.", "").split(".default")[0]] += 1
-        return {"delegate_partitions": partitions, "ops_outside_delegate": dict(outside.most_common())}
+
+def delegation_of(edge: Any) -> dict[str, Any]:
+    """How much of the graph XNNPACK took: partitions, and which ops stayed outside (run by portable kernels)."""
+    gm = edge.exported_program().graph_module
+    outside: collections.Counter[str] = collections.Counter()
+    partitions = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if "executorch_call_delegate" in name:
+            partitions += 1
+        elif name not in _NON_OPS and "getitem" not in name:
+            outside[str(node.target).replace("aten.", "").split(".default")[0]] += 1
+    return {"delegate_partitions": partitions, "ops_outside_delegate": dict(outside.most_common())}
 
 
 class ExecuTorchConverter(Converter):
@@ -72,6 +74,7 @@ class ExecuTorchConverter(Converter):
             graph_for_errors = exported
             edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
                                                generate_etrecord=generate_etrecord)
+            delegation = delegation_of(edge)
             program = edge.to_executorch()
         except LwdeployError:
             raise
@@ -80,7 +83,7 @@ class ExecuTorchConverter(Converter):
             if err is not None:
                 raise err from e
             raise
-        return ExecuTorchStages(exported, edge, program, quantization)
+        return ExecuTorchStages(exported, edge, program, quantization, delegation)
 
     def convert(self, req: ExportRequest) -> ConversionResult:
         t0 = time.perf_counter()
@@ -88,7 +91,7 @@ class ExecuTorchConverter(Converter):
         stages = self.lower(req, generate_etrecord=want_etrecord)
         with atomic_path(req.out_path) as tmp:
             tmp.write_bytes(stages.program.buffer)
-        details = stages.delegation()
+        details = stages.delegation
         notes = [f"XNNPACK delegate: {details['delegate_partitions']} partition(s); outside the delegate: "
                  + (", ".join(f"{k}×{v}" for k, v in details["ops_outside_delegate"].items()) or "nothing")]
         extra: list[Path] = []

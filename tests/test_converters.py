@@ -1,0 +1,269 @@
+"""Real conversions of a tiny net to every target, float and int8, verified on the host.
+
+Fidelity bounds are on logits (SQNR, cosine): top-1 agreement with random weights and random inputs is
+not a meaningful number. The zoo-model versions of these checks are marked heavy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import tiny_convnet as tiny
+from torch import nn
+
+from lwdeploy.converters import TARGETS, get_converter
+from lwdeploy.converters.base import ExportRequest
+from lwdeploy.errors import LwdeployError
+
+N_HELDOUT = 16
+LABELS = [f"class_{i}" for i in range(tiny.CLASSES)]
+
+
+@pytest.fixture(scope="module")
+def net():
+    return tiny.build()
+
+
+@pytest.fixture(scope="module")
+def data(net):
+    x = tiny.images(N_HELDOUT, seed=1)
+    with torch.no_grad():
+        ref = net(x)
+    calib = list(tiny.images(16, seed=2).split(1))
+    return x, ref, calib
+
+
+_CACHE: dict = {}
+
+
+def export(target: str, int8: bool, net, data, tmp_dir: Path, **options):
+    """Convert + verify once per (target, int8, options) for the whole module."""
+    key = (target, int8, tuple(sorted(options.items())))
+    if key not in _CACHE:
+        x, ref, calib = data
+        conv = get_converter(target)
+        out = tmp_dir / f"tiny_{target}_{'int8' if int8 else 'fp32'}_{len(_CACHE)}{conv.suffix}"
+        req = ExportRequest(net, x[:1].clone(), tiny.INFO, out, int8=int8, calib=calib if int8 else [],
+                            labels=LABELS, options=options)
+        result = conv.convert(req)
+        _CACHE[key] = (result, conv.verify(result.path, x, ref))
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="module")
+def tmp_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("converters")
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_targets_table_rows_are_complete():
+    assert set(TARGETS) == {"tflite", "executorch", "coreml"}
+    suffixes = {t.name: t.suffix for t in TARGETS.values()}
+    assert suffixes == {"tflite": ".tflite", "executorch": ".pte", "coreml": ".mlpackage"}
+    for t in TARGETS.values():
+        assert t.title and t.description and ":" in t.module
+        assert t.int8
+        for opt in t.options:
+            assert isinstance(opt.default, opt.type), (t.name, opt.key)
+    assert TARGETS["coreml"].runs_on_host is False
+    assert TARGETS["tflite"].runs_on_host and TARGETS["executorch"].runs_on_host
+
+
+def test_unknown_target_names_close_match():
+    with pytest.raises(LwdeployError) as e:
+        get_converter("tflight")
+    assert "tflight" in str(e.value) and "tflite" in (e.value.hint or "")
+
+
+# ---------------------------------------------------------------- TFLite
+
+
+def test_tflite_float_matches_pytorch_and_stores_metadata(net, data, tmp_dir):
+    from lwdeploy.converters.inspect_tflite import read_metadata
+
+    result, ver = export("tflite", False, net, data, tmp_dir)
+    assert result.path.is_file() and result.path.suffix == ".tflite" and result.seconds > 0
+    assert ver.ran_on_host
+    assert ver.fidelity["n"] == N_HELDOUT
+    assert ver.fidelity["max_abs_diff"] < 1e-3 and ver.fidelity["top1_agreement"] == 1.0
+    assert ver.checks["inputs"][0]["shape"] == [1, 3, tiny.RES, tiny.RES]
+    assert ver.checks["inputs"][0]["dtype"] == "float32"
+    assert ver.checks["outputs"][0]["shape"] == [1, tiny.CLASSES]
+    assert ver.checks["conv_ops"] == 7 and ver.checks["conv_ops_int8"] == 0
+    assert ver.latency_ms["p50"] > 0 and ver.latency_ms["p10"] <= ver.latency_ms["p50"] <= ver.latency_ms["p90"]
+    meta = read_metadata(result.path)
+    assert meta["labels"] == LABELS and meta["input"]["mean"] == list(tiny.INFO.mean)
+
+
+def test_tflite_int8_runs_convolutions_in_int8(net, data, tmp_dir):
+    result, ver = export("tflite", True, net, data, tmp_dir)
+    q = result.quantization
+    assert q["per_channel"] and q["static"] and q["calibration_images"] == 16
+    assert "PT2EQuantizer" in q["quantizer"]
+    checks = ver.checks
+    assert checks["conv_ops"] == 7
+    assert checks["conv_ops_int8"] == checks["conv_ops"], checks["float_convs"]
+    assert all(checks["fully_connected_int8"])
+    assert checks["inputs"][0]["dtype"] == "int8" and "quantization" in checks["inputs"][0]
+    assert ver.latency_ms["warmup"] >= 100
+    # logits-level fidelity: a broken scale/zero-point gives SQNR near 0 dB or below
+    assert ver.fidelity["sqnr_db"] > 15, ver.fidelity
+    assert ver.fidelity["cosine"] > 0.98, ver.fidelity
+
+
+def test_tflite_nhwc_input_has_no_layout_transpose(net, data, tmp_dir):
+    _, plain = export("tflite", False, net, data, tmp_dir)
+    result, ver = export("tflite", False, net, data, tmp_dir, nhwc=True)
+    assert ver.checks["inputs"][0]["shape"] == [1, tiny.RES, tiny.RES, 3]
+    assert ver.checks["transpose"] < plain.checks["transpose"] or plain.checks["transpose"] == 0
+    assert ver.checks["transpose"] == 0, ver.checks["op_histogram"]
+    assert ver.fidelity["max_abs_diff"] < 1e-3
+    assert any("NHWC" in n for n in result.notes)
+
+
+# ---------------------------------------------------------------- ExecuTorch
+
+
+def test_executorch_float_fully_delegated_and_matches(net, data, tmp_dir):
+    result, ver = export("executorch", False, net, data, tmp_dir)
+    assert result.path.suffix == ".pte" and result.path.stat().st_size > 1000
+    assert result.details["delegate_partitions"] >= 1
+    assert ver.checks["delegates"] == {"XnnpackBackend": ver.checks["delegate_partitions"]}
+    # Only the dim-order copies of 0-d constants (from the hard-swish/hard-sigmoid decompositions) may stay
+    # outside XNNPACK; every convolution, activation, pool and linear must be delegated.
+    assert set(ver.checks["kernels_outside_delegate"]) <= {"dim_order_ops::_to_dim_order_copy.out"}, ver.checks
+    assert ver.checks["delegate_partitions"] == 1
+    assert ver.checks["inputs"][0] == {"shape": [1, 3, tiny.RES, tiny.RES], "dtype": "float32"}
+    assert ver.fidelity["max_abs_diff"] < 1e-3 and ver.fidelity["top1_agreement"] == 1.0
+
+
+def test_executorch_int8_matches_float(net, data, tmp_dir):
+    result, ver = export("executorch", True, net, data, tmp_dir, etrecord=True)
+    assert "XNNPACKQuantizer" in result.quantization["quantizer"]
+    assert result.details["delegate_partitions"] >= 1
+    assert ver.fidelity["sqnr_db"] > 15 and ver.fidelity["cosine"] > 0.98, ver.fidelity
+    etrecord = result.path.with_suffix(".etrecord")
+    assert etrecord in result.extra_files and etrecord.stat().st_size > 0
+
+
+def test_executorch_stages_are_typed_values(net, data, tmp_dir):
+    from executorch.exir import EdgeProgramManager, ExecutorchProgramManager
+
+    from lwdeploy.converters.executorch import ExecuTorchConverter
+
+    x, _, _ = data
+    stages = ExecuTorchConverter().lower(ExportRequest(net, x[:1], tiny.INFO, tmp_dir / "unused.pte"))
+    assert isinstance(stages.exported, torch.export.ExportedProgram)
+    assert isinstance(stages.edge, EdgeProgramManager)
+    assert isinstance(stages.program, ExecutorchProgramManager)
+    assert stages.delegation["delegate_partitions"] == 1
+    assert all("dim_order" in op for op in stages.delegation["ops_outside_delegate"]), stages.delegation
+
+
+# ---------------------------------------------------------------- Core ML (structural on Linux)
+
+
+def test_coreml_float_structure(net, data, tmp_dir):
+    result, ver = export("coreml", False, net, data, tmp_dir)
+    assert result.path.is_dir() and (result.path / "Manifest.json").is_file()
+    assert ver.ran_on_host is False and ver.fidelity is None and any("macOS" in n for n in ver.notes)
+    c = ver.checks
+    assert c["model_type"] == "mlProgram"
+    assert c["inputs"] == [{"name": "image", "type": "imageType", "width": tiny.RES, "height": tiny.RES, "color": "RGB"}]
+    assert c["outputs"][0]["name"] == "logits" and c["outputs"][0]["shape"] == [1, tiny.CLASSES]
+    assert c["conv_ops"] == 7 and c["int8"] is False
+    assert c["metadata"]["lwdeploy.labels"].splitlines() == LABELS
+
+
+def test_coreml_int8_has_quantized_weights_and_activations(net, data, tmp_dir):
+    result, ver = export("coreml", True, net, data, tmp_dir)
+    c = ver.checks
+    assert c["int8"] and c["quantized_weight_ops"] >= 7 and c["activation_quantize_ops"] > 0
+    assert "iOS17" in " ".join(result.notes)
+
+
+def test_coreml_int8_rejects_old_deployment_target(net, data, tmp_dir):
+    x, _, calib = data
+    req = ExportRequest(net, x[:1], tiny.INFO, tmp_dir / "old.mlpackage", int8=True, calib=calib,
+                        options={"min_target": "iOS16"})
+    with pytest.raises(LwdeployError, match="iOS17"):
+        get_converter("coreml").convert(req)
+
+
+def test_coreml_normalisation_fold_is_exact(net):
+    """ImageType gives pixel/255 − mean; the folded model on that must equal the original on normalised input."""
+    from lwdeploy.converters.coreml import prepare_normalisation
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    pixels = torch.randint(0, 256, (4, 3, tiny.RES, tiny.RES)).float()
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    normalised = (pixels / 255 - m) / s
+    folded, image = prepare_normalisation(net, normalised[:1], mean, std)
+    assert image["scale"] == pytest.approx(1 / 255) and image["bias"] == [-v for v in mean]
+    assert "folded" in image["how"]
+    image_output = pixels * image["scale"] + torch.tensor(image["bias"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(image_output), net(normalised), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(folded.stem[0].weight, net.stem[0].weight)   # the caller's model is untouched...
+    assert net.stem[0].weight is not folded.stem[0].weight
+
+    # a model whose first op is not a convolution gets an explicit (still exact) per-channel multiply
+    odd = nn.Sequential(nn.Identity(), nn.AvgPool2d(1), *list(net.stem), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    wrapped, image = prepare_normalisation(odd, normalised[:1], mean, std)
+    assert "multiply" in image["how"]
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(image_output), odd(normalised), rtol=1e-4, atol=1e-5)
+
+    # equal std: ImageType alone is exact, the model is returned unchanged
+    same, image = prepare_normalisation(net, normalised[:1], (0.5,) * 3, (0.5,) * 3)
+    assert same is net and image["scale"] == pytest.approx(1 / 127.5) and image["bias"] == [-1.0] * 3
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unsupported_operator_error_names_op_and_module():
+    from lwdeploy.converters.diagnose import unsupported_operator
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish())
+
+        def forward(self, x):
+            return self.body(x)
+
+    model, x = Odd().eval(), torch.randn(1, 3, 8, 8)
+    exc = RuntimeError("Lowering not found: aten.hardswish.default")
+    err = unsupported_operator(exc, "tflite", model=model, example=x)
+    assert isinstance(err, LwdeployError)
+    assert "hardswish" in err.message and "tflite" in err.message and "body.1 (Hardswish)" in err.message
+    assert err.hint
+    assert unsupported_operator(RuntimeError("out of memory"), "tflite", model=model, example=x) is None
+
+
+# ---------------------------------------------------------------- zoo model (heavy)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("target", ["tflite", "executorch", "coreml"])
+def test_zoo_model_int8_per_target(target, tmp_path):
+    from lwdeploy.models import create, get_info
+
+    net = create("mobilenet_v3_small_100")
+    tiny.recalibrate_batchnorm(net, 96)
+    x = torch.randn(8, 3, 96, 96)
+    with torch.no_grad():
+        ref = net(x)
+    conv = get_converter(target)
+    req = ExportRequest(net, x[:1], get_info("mobilenet_v3_small_100"), tmp_path / f"m{conv.suffix}", int8=True,
+                        calib=list(torch.randn(16, 3, 96, 96).split(1)))
+    ver = conv.verify(conv.convert(req).path, x, ref)
+    if ver.ran_on_host:
+        assert ver.fidelity["cosine"] > 0.9, ver.fidelity
+    else:
+        assert ver.checks["int8"]
