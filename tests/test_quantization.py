@@ -1,0 +1,90 @@
+"""PT2E int8: each target's quantizer gives per-channel weights and calibrated static activations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import tiny_convnet as tiny
+
+from lwdeploy.errors import LwdeployError
+from lwdeploy.quantization import QUANTIZER_BUILDERS, quantize
+
+
+def _sqnr(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return 10 * math.log10(float((ref**2).sum()) / float(((out - ref) ** 2).sum()))
+
+
+def _ops(gm) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def _first_activation_scale(gm) -> float:
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target):
+            return float(n.args[1])
+    raise AssertionError("no activation quantize node")
+
+
+@pytest.fixture(scope="module")
+def net():
+    return tiny.build()
+
+
+@pytest.mark.parametrize("target", ["tflite", "executorch", "coreml"])
+def test_per_channel_static_and_close_to_float(target, net):
+    calib = list(tiny.images(8, seed=2).split(1))
+    qm = quantize(net, calib[0], target, calib)
+    ops = _ops(qm.module)
+    assert any("dequantize_per_channel" in o for o in ops), "weights must be per-channel"
+    assert any("quantize_per_tensor" in o for o in ops), "activations must be statically quantized"
+    assert not any("choose_qparams" in o for o in ops), "dynamic quantization must not appear"
+    assert qm.scheme["per_channel"] and qm.scheme["static"] and qm.scheme["calibration_images"] == 8
+    assert qm.scheme["target"] == target and qm.quantizer is not None
+    assert not qm.module.training
+    x = tiny.images(16, seed=3)
+    with torch.no_grad():
+        ref = net(x)
+        out = torch.cat([qm.module(xi[None]) for xi in x])
+    assert _sqnr(out, ref) > 15
+
+
+def test_calibration_sets_activation_ranges(net):
+    calib = list(tiny.images(4, seed=2).split(1))
+    small = quantize(net, calib[0], "executorch", calib)
+    large = quantize(net, calib[0], "executorch", [c * 8 for c in calib])
+    # the input quantizer's scale follows the calibration data's range
+    assert _first_activation_scale(large.module) > 4 * _first_activation_scale(small.module)
+
+
+def test_needs_calibration_and_a_known_quantizer(net):
+    x = tiny.images(1, seed=0)
+    with pytest.raises(LwdeployError, match="calibration"):
+        quantize(net, x, "tflite", [])
+    with pytest.raises(LwdeployError, match="no int8 quantizer"):
+        quantize(net, x, "onnx", [x])
+    assert {"tflite", "executorch", "coreml", "coreml-native"} <= set(QUANTIZER_BUILDERS)
+
+
+def test_coreml_native_observers_become_torchao():
+    """CoreMLQuantizer's torch.ao FakeQuantize(observer=…) constructors map to torchao observers."""
+    from torch.ao.quantization import FakeQuantize, PerChannelMinMaxObserver
+    from torchao.quantization.pt2e import observer as ao_observer
+
+    from lwdeploy.quantization.pt2e import _to_torchao_observer
+
+    ctr = FakeQuantize.with_args(observer=PerChannelMinMaxObserver, dtype=torch.qint8,
+                                 qscheme=torch.per_channel_symmetric)
+    new = _to_torchao_observer(ctr)
+    obs = new()
+    assert isinstance(obs, ao_observer.PerChannelMinMaxObserver)
+    assert obs.dtype == torch.qint8 and obs.qscheme == torch.per_channel_symmetric
+
+
+@pytest.mark.heavy
+def test_coreml_native_quantizer_runs(net):
+    """coremltools' own CoreMLQuantizer through the torchao shim (minutes: it re-exports 405 patterns)."""
+    calib = list(tiny.images(4, seed=2).split(1))
+    qm = quantize(net, calib[0], "coreml", calib, quantizer="coreml-native")
+    assert any("dequantize_per_channel" in o for o in _ops(qm.module))
