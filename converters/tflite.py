@@ -78,9 +78,24 @@ class TFLiteConverter(Converter):
         from ai_edge_litert.interpreter import Interpreter
 
         checks = inspect_tflite(path)
+        notes: list[str] = []
         # AUTO op resolver = builtin kernels with the XNNPACK delegate applied by default (float and int8).
         interp = Interpreter(model_path=str(path), num_threads=THREADS)
-        interp.allocate_tensors()
+        try:
+            interp.allocate_tensors()
+            checks["xnnpack"] = "delegated"
+        except RuntimeError as e:
+            # XNNPACK refuses some int8 graphs at prepare time (e.g. a requantization scale ratio it cannot
+            # represent). The app would then fail the same way unless it disables the delegate: report it,
+            # and still check numerics with LiteRT's builtin kernels.
+            from ai_edge_litert.interpreter import OpResolverType
+
+            checks["xnnpack"] = f"FAILED to prepare: {str(e).strip()[:300]}"
+            notes.append("XNNPACK delegate failed to prepare this model; fidelity/latency measured with LiteRT's "
+                         "builtin kernels (no delegate) — see checks.xnnpack")
+            interp = Interpreter(model_path=str(path), num_threads=THREADS,
+                                 experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interp.allocate_tensors()
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         nhwc = list(inp["shape"][1:]) == [inputs.shape[2], inputs.shape[3], inputs.shape[1]] and inputs.shape[1] != inputs.shape[3]
 
@@ -99,7 +114,8 @@ class TFLiteConverter(Converter):
         int8 = inp["dtype"] == np.int8 or checks["conv_ops_int8"] > 0
         interp.set_tensor(inp["index"], to_input(inputs[0]))
         latency = time_calls(interp.invoke, WARMUP_INT8 if int8 else WARMUP_FLOAT, TIMED_RUNS)
-        notes = [f"LiteRT interpreter, XNNPACK, {THREADS} threads; latency after {latency['warmup']} warm-up invokes"]
+        runtime = "XNNPACK" if checks["xnnpack"] == "delegated" else "builtin kernels"
+        notes.insert(0, f"LiteRT interpreter, {runtime}, {THREADS} threads; latency after {latency['warmup']} warm-up invokes")
         return Verification(True, checks, compare(output, reference), latency, notes)
 
 
