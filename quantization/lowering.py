@@ -15,13 +15,13 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   For float exports hard-swish becomes torch's own `nn.Hardswish` (native HARD_SWISH / XNNPACK hardswish).
 * squeeze-excite gates with hard-sigmoid: the +3 is folded into the bias of the excite conv, so the gate is
   relu6 (fused into the conv) and one MUL by ⅙ on a 1×1×C tensor; the output range is fixed by the function.
-* TFLite only: stride-2 convolutions with PyTorch's symmetric padding on an even input do not match TF
-  "SAME" (which pads 0 before / 1 after), so litert-torch emits an explicit PAD op before each of them. A
-  kernel one tap larger, whose extra last tap is zero, with the same symmetric padding, covers exactly the
-  same input window AND is TF "SAME": no PAD op. The choice depends on the input size, so it is made when
-  the model is traced (shapes are static then); other sizes use the original kernel. Explicit
-  `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a Sequential is folded into
-  the convolution's padding when symmetric.
+* TFLite only: explicit `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a
+  Sequential is folded into the convolution's padding when symmetric (one PAD op less).
+* TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
+  input do not match TF "SAME" (which pads 0 before / 1 after), so litert-torch emits a PAD op before each.
+  A kernel one tap larger, whose extra last tap is zero, with the same symmetric padding, covers exactly the
+  same input window AND is TF "SAME": no PAD op. Chosen at trace time (shapes are static then). Off by
+  default because it measured SLOWER on XNNPACK (see `lower`).
 """
 
 from __future__ import annotations
@@ -123,11 +123,14 @@ def _is_same(size: int, k: int, s: int, p: int, out: int) -> bool:
     return total // 2 == p and total - total // 2 == p
 
 
-def lower(model: nn.Module, target: str, *, int8: bool = True) -> nn.Module:
+def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: bool = False) -> nn.Module:
     """A rewritten copy of `model` for `target` ('tflite' | 'executorch' | 'coreml'); same function in float.
 
-    `int8=False` keeps native float forms (HARD_SWISH is fastest in float); the padding rewrite applies to
-    both because PAD ops cost float exports too.
+    `int8=False` keeps native float forms (HARD_SWISH is fastest in float).
+    `tf_same_kernels`: replace the PAD before stride-2 convs by grown TF-SAME kernels (TFLite only). Off by
+    default: measured on MobileNetV3-Small with XNNPACK, the PAD ops are delegated and cheap while 4×4 / 6×6
+    depthwise kernels fall off XNNPACK's fast 3×3 / 5×5 paths — int8 1.42 → 2.41 ms, float 2.24 → 2.95 ms
+    (1 thread, CPU time). Use it for delegates that cannot run PAD.
     """
     if target not in TARGETS:
         raise LwdeployError(f"unknown lowering target {target!r}", f"choose from {', '.join(TARGETS)}")
@@ -140,7 +143,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True) -> nn.Module:
     _replace_activations(out, int8)
     if target == "tflite":
         _fold_explicit_pads(out)
-        _same_pad_convs(out)
+        if tf_same_kernels:
+            _same_pad_convs(out)
     return out.train(was_training)
 
 

@@ -1,0 +1,389 @@
+"""int8 vs float on TFLite and ExecuTorch for the zoo CNNs — one command, JSON + markdown out.
+
+    python benchmarks/int8_bench.py                       # every zoo CNN, both targets
+    python benchmarks/int8_bench.py --models mobilenet_v3_small_100,efficientnet_lite0 --quick
+    python benchmarks/int8_bench.py --docs docs/int8.md   # also (re)write the docs page
+
+Per model and target it builds three artifacts from the same seeded model:
+  float    lower(model, target, int8=False) → float export (native HARD_SWISH, no PAD ops)
+  int8     lwdeploy path: lower(model, target) → quantization.pt2e.quantize (target's PT2E quantizer)
+  vendor   reference: the vendor's documented PT2E recipe on the UNlowered model (non-strict export, the
+           target's quantizer) — for MobileNetV2 always, for every model with --vendor-all
+and measures host latency (interleaved rounds, median; ≥100 warm-up invokes for TFLite, whose int8 runs
+~2× slow for its first ~30), size, TRANSPOSE / QUANTIZE / DEQUANTIZE / PAD counts, delegate partitions, and
+fidelity against the float PyTorch model on held-out real-photo crops (lwdeploy.quantization.fidelity).
+Results go to benchmarks/results/int8_<time>.{json,md} (gitignored). Targets checked (issue #4): int8 ≤ 0.6×
+float latency, ≤ 1 TRANSPOSE per model input/output, one delegate partition, int8 size ≤ 0.27× float.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TARGET_LATENCY_RATIO, TARGET_SIZE_RATIO = 0.6, 0.27
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+def _vendor_quantized(model, example, calib, target):
+    """The vendor recipe: torch.export (non-strict) → target quantizer → prepare/calibrate/convert."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if target == "tflite":
+        from litert_torch.quantize import pt2e_quantizer as pq
+
+        q = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+        fold = False
+    else:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                              get_symmetric_quantization_config)
+
+        q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        fold = True
+    gm = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), q)
+    with torch.no_grad():
+        for c in calib:
+            gm(c)
+    return convert_pt2e(gm, fold_quantize=fold), q
+
+
+def _quantized(model, example, calib, target, vendor):
+    if vendor:
+        return _vendor_quantized(model, example, calib, target)
+    from lwdeploy.quantization.pt2e import quantize
+
+    qm = quantize(model, example, target, calib)
+    return qm.module, qm.quantizer
+
+
+def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False) -> Path:
+    import litert_torch
+
+    model = copy.deepcopy(model).eval()
+    if int8:
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        gm, q = _quantized(model, example, calib or [example], "tflite", vendor)
+        edge = litert_torch.convert(gm, (example,), quant_config=QuantConfig(pt2e_quantizer=q))
+    else:
+        edge = litert_torch.convert(model, (example,))
+    Path(path).write_bytes(edge.model_content())
+    return Path(path)
+
+
+def export_executorch(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False) -> tuple[Path, dict]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = copy.deepcopy(model).eval()
+    if int8:
+        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor)
+        ep = torch.export.export(gm, (example,))
+    else:
+        ep = torch.export.export(model, (example,))
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    ops = collections.Counter()
+    for n in edge.exported_program().graph_module.graph.nodes:
+        if n.op == "call_function":
+            ops[str(n.target).split("::")[-1].split(".")[0].replace("aten_", "")] += 1
+    Path(path).write_bytes(edge.to_executorch().buffer)
+    partitions = ops.pop("executorch_call_delegate", 0)
+    ops.pop("getitem", None)
+    ops.pop("<built-in function getitem>", None)
+    return Path(path), {"partitions": partitions, "ops_outside_delegate": dict(ops)}
+
+
+# ------------------------------------------------------------------------------------------------ inspect
+
+def tflite_op_counts(path: Path) -> collections.Counter:
+    from ai_edge_litert import schema_py_generated as schema
+
+    buf = Path(path).read_bytes()
+    model = schema.Model.GetRootAsModel(buf, 0)
+    names = {v: k for k, v in schema.BuiltinOperator.__dict__.items() if not k.startswith("_")}
+    counts = collections.Counter()
+    for s in range(model.SubgraphsLength()):
+        g = model.Subgraphs(s)
+        for i in range(g.OperatorsLength()):
+            code = model.OperatorCodes(g.Operators(i).OpcodeIndex())
+            counts[names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")] += 1
+    return counts
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The TFLite runtime logs delegate creation on fd 2 for every interpreter; keep the table readable."""
+    try:
+        fd = os.dup(2)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def _tflite_interpreter(path: Path, threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    with _quiet_stderr():
+        it = Interpreter(model_path=str(path), num_threads=threads)
+        it.allocate_tensors()
+    return it
+
+
+def tflite_partitions(path: Path, threads: int = 2) -> int:
+    """Delegate kernels in the execution plan (XNNPACK is applied by default): 1 = the whole graph."""
+    it = _tflite_interpreter(path, threads)
+    return sum(1 for op in it._get_ops_details() if op["op_name"] == "DELEGATE")
+
+
+def tflite_run(path: Path, images: torch.Tensor, threads: int = 2) -> np.ndarray:
+    it = _tflite_interpreter(path, threads)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    res = []
+    for x in images:
+        a = x.unsqueeze(0).numpy()
+        if inp["dtype"] != np.float32:
+            s, z = inp["quantization"]
+            a = np.clip(np.round(a / s + z), -128, 127).astype(inp["dtype"])
+        it.set_tensor(inp["index"], a)
+        it.invoke()
+        o = it.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            s, z = out["quantization"]
+            o = (o.astype(np.float32) - z) * s
+        res.append(o.reshape(-1).copy())
+    return np.stack(res)
+
+
+def executorch_run(path: Path, images: torch.Tensor) -> np.ndarray:
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return np.stack([method.execute([x.unsqueeze(0)])[0].reshape(-1).numpy() for x in images])
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+def time_interleaved(runners: dict[str, Any], warmup: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Each runner is a no-arg callable. Warm all up, then time them in turn, round after round, so load
+    from anything else on the machine falls on every variant alike.
+
+    Two clocks: wall time (perf_counter) and the calling thread's CPU time (thread_time). With one runtime
+    thread the work runs on the calling thread, so CPU time is the cost of the model itself and does not
+    move when other processes share the cores (measured: wall medians swung 2-4× on this shared 2-core
+    machine, CPU-time medians within 5%). Ratios against float use CPU time when threads == 1."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, fn in runners.items():
+            c0, t0 = time.thread_time(), time.perf_counter()
+            fn()
+            wall[k].append((time.perf_counter() - t0) * 1e3)
+            cpu[k].append((time.thread_time() - c0) * 1e3)
+    return {k: {"median_ms": round(float(np.median(wall[k])), 3), "p10_ms": round(float(np.percentile(wall[k], 10)), 3),
+                "p90_ms": round(float(np.percentile(wall[k], 90)), 3),
+                "cpu_median_ms": round(float(np.median(cpu[k])), 3)} for k in runners}
+
+
+def _tflite_invoker(path: Path, threads: int, x: torch.Tensor):
+    it = _tflite_interpreter(path, threads)
+    d = it.get_input_details()[0]
+    a = x.numpy() if d["dtype"] == np.float32 else np.zeros(d["shape"], d["dtype"])
+    it.set_tensor(d["index"], a)
+    return it.invoke
+
+
+def _executorch_invoker(path: Path, x: torch.Tensor, threads: int):
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    _unsafe_reset_threadpool(threads)       # XNNPACK's pool defaults to every core; match --threads
+
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return lambda: method.execute([x])
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
+    import lwdeploy.models as zoo
+    from lwdeploy.quantization.calibration import real_photos
+    from lwdeploy.quantization.fidelity import compare_outputs
+    from lwdeploy.quantization.lowering import lower
+
+    torch.manual_seed(args.seed)
+    pretrained = name in args.pretrained
+    model = zoo.create(name, pretrained=pretrained).eval()
+    info = zoo.get_info(name)
+    res = args.resolution or info.resolution
+    images = real_photos(res, info.mean, info.std, args.calib, args.heldout, args.seed)
+    calib = images.calib_batches()
+    example = images.heldout[:1].clone()
+    with torch.no_grad():
+        reference = torch.cat([model(images.heldout[i:i + 8]) for i in range(0, len(images.heldout), 8)])
+    row: dict[str, Any] = {"model": name, "resolution": res, "weights": "pretrained" if pretrained else "random init",
+                           "calibration": images.describe(), "targets": {}}
+    vendor = args.vendor_all or name.startswith("mobilenet_v2")
+    for target in targets:
+        say(f"{name} / {target}: exporting")
+        variants: dict[str, dict] = {}
+        try:
+            for kind in ["float", "int8"] + (["vendor_int8"] if vendor else []):
+                int8 = kind != "float"
+                src = model if kind == "vendor_int8" else lower(model, target, int8=int8)
+                t0 = time.perf_counter()
+                if target == "tflite":
+                    with contextlib.redirect_stdout(sys.stderr):     # litert-torch prints progress on stdout
+                        path = export_tflite(src, example, work / f"{name}_{kind}.tflite", int8=int8,
+                                             calib=calib, vendor=kind == "vendor_int8")
+                    ops = tflite_op_counts(path)
+                    v = {"ops": {k: ops.get(k, 0) for k in ("TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "PAD",
+                                                             "HARD_SWISH")},
+                         "partitions": tflite_partitions(path, args.threads)}
+                    outputs = tflite_run(path, images.heldout, args.threads)
+                else:
+                    path, structure = export_executorch(src, example, work / f"{name}_{kind}.pte", int8=int8,
+                                                        calib=calib, vendor=kind == "vendor_int8")
+                    v = dict(structure)
+                    outputs = executorch_run(path, images.heldout)
+                v["export_s"] = round(time.perf_counter() - t0, 1)
+                v["size_bytes"] = path.stat().st_size
+                v["fidelity"] = compare_outputs(reference, torch.from_numpy(outputs).reshape(reference.shape))
+                v["path"] = path
+                variants[kind] = v
+            say(f"{name} / {target}: timing {len(variants)} variants")
+            if target == "tflite":
+                runners = {k: _tflite_invoker(v["path"], args.threads, example) for k, v in variants.items()}
+                warmup = max(100, args.warmup)
+            else:
+                runners = {k: _executorch_invoker(v["path"], example, args.threads) for k, v in variants.items()}
+                warmup = args.warmup
+            for k, t in time_interleaved(runners, warmup, args.rounds).items():
+                variants[k]["latency"] = t
+        except Exception as e:  # one failing export must not lose the rest of the table
+            row["targets"][target] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            say(f"{name} / {target}: FAILED {row['targets'][target]['error']}")
+            continue
+        for v in variants.values():
+            v.pop("path")
+        f = variants["float"]
+        for k, v in variants.items():
+            if k == "float":
+                continue
+            clock = "cpu_median_ms" if args.threads == 1 else "median_ms"
+            v["latency_ratio"] = round(v["latency"][clock] / f["latency"][clock], 3)
+            v["latency_clock"] = clock
+            v["size_ratio"] = round(v["size_bytes"] / f["size_bytes"], 3)
+            transposes = v["ops"]["TRANSPOSE"] if target == "tflite" else 0
+            v["targets_met"] = {
+                "latency<=0.6x": v["latency_ratio"] <= TARGET_LATENCY_RATIO,
+                "size<=0.27x": v["size_ratio"] <= TARGET_SIZE_RATIO,
+                "one_partition": v["partitions"] == 1 and not v.get("ops_outside_delegate"),
+                "transpose<=io": transposes <= 2,     # one NCHW input (+ a 4-D output at most)
+            }
+        row["targets"][target] = variants
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Host: {meta['host']} · {meta['threads']} threads · load average at start {meta['loadavg']} · "
+             f"{meta['rounds']} interleaved rounds · torch {meta['torch']}", "",
+             "| model | target | variant | CPU ms | wall ms | ×float | size MB | ×float | TRANSPOSE | Q | DQ | PAD | "
+             "partitions | top-1 agree | top-5 contain | out SQNR dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for target, variants in r["targets"].items():
+            if "error" in variants:
+                lines.append(f"| {r['model']} | {target} | FAILED | {variants['error']} |" + " |" * 12)
+                continue
+            for kind, v in variants.items():
+                ops = v.get("ops", {})
+                part = v["partitions"] if not v.get("ops_outside_delegate") else \
+                    f"{v['partitions']} (+{sum(v['ops_outside_delegate'].values())} ops outside)"
+                fid = v["fidelity"]
+                lines.append(
+                    f"| {r['model']} | {target} | {kind} | {v['latency']['cpu_median_ms']:.2f} | {v['latency']['median_ms']:.2f} | "
+                    f"{v.get('latency_ratio', 1.0):.2f} | {v['size_bytes'] / 1e6:.2f} | {v.get('size_ratio', 1.0):.3f} | "
+                    f"{ops.get('TRANSPOSE', '–')} | {ops.get('QUANTIZE', '–')} | {ops.get('DEQUANTIZE', '–')} | "
+                    f"{ops.get('PAD', '–')} | {part} | {fid['top1_agreement']:.3f} | {fid['top5_containment']:.3f} | "
+                    f"{fid['output_sqnr_db']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    import lwdeploy.models as zoo
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", help="comma-separated zoo names (default: every zoo CNN)")
+    p.add_argument("--targets", default="tflite,executorch")
+    p.add_argument("--quick", action="store_true", help="fewer images and rounds (a smoke run, noisier numbers)")
+    p.add_argument("--vendor-all", action="store_true", help="vendor reference for every model, not just MobileNetV2")
+    p.add_argument("--pretrained", default="efficientnet_lite0",
+                   help="comma-separated models to run with their real weights (where the zoo has them)")
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--threads", type=int, default=1,
+                   help="runtime threads; 1 (default) makes CPU time a load-independent latency measure")
+    p.add_argument("--calib", type=int, default=64)
+    p.add_argument("--heldout", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--docs", type=Path, help="also write this markdown page (e.g. docs/int8.md)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.calib, args.heldout, args.rounds = min(args.calib, 16), min(args.heldout, 32), min(args.rounds, 30)
+    # CNNs only: the ViT hybrids (MobileViT, EdgeViT) have attention the issue tracks separately
+    names = args.models.split(",") if args.models else [n for n in zoo.list_models() if "vit" not in n]
+    from lwdeploy.models.pretrained import has_pretrained
+
+    args.pretrained = {n for n in (args.pretrained or "").split(",") if n and has_pretrained(n)}
+    targets = [t for t in args.targets.split(",") if t]
+    meta = {"host": platform.processor() or platform.machine(), "threads": args.threads, "rounds": args.rounds,
+            "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
+            "quick": args.quick, "calibration_images": args.calib, "heldout_images": args.heldout}
+    torch.set_num_threads(args.threads)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as d, console.status("starting") as status:
+        for name in names:
+            rows.append(bench_model(name, targets, args, Path(d), lambda m: (status.update(m), console.log(m))))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    from lwdeploy.atomic import write_json
+
+    write_json(args.out / f"int8_{stamp}.json", {"meta": meta, "rows": rows})
+    table = markdown(rows, meta)
+    (args.out / f"int8_{stamp}.md").write_text(table)
+    if args.docs:
+        args.docs.parent.mkdir(parents=True, exist_ok=True)
+        args.docs.write_text("# int8 vs float (generated by benchmarks/int8_bench.py)\n\n" + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
