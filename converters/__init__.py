@@ -36,19 +36,17 @@ class Target:
     options: tuple[TargetOption, ...] = field(default_factory=tuple)
 
 
-_COMMON_FP16 = TargetOption("fp16", bool, False, "float16 weights/compute in the float export (ignored with --int8)")
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target(
             "tflite", "LiteRT (TensorFlow Lite)", ".tflite", "lwdeploy.converters.tflite:TFLiteConverter",
-            runs_on_host=True, int8=True, fp16=True,
+            runs_on_host=True, int8=True, fp16=False,
             description="litert-torch → .tflite flatbuffer; int8 via litert's PT2EQuantizer; "
             "verified with the LiteRT interpreter (XNNPACK)",
             options=(
                 TargetOption("nhwc", bool, False, "NHWC (1,H,W,3) input and no layout TRANSPOSE at the input"),
-                _COMMON_FP16,
                 TargetOption("metadata", bool, True, "store labels + normalisation in the .tflite metadata"),
             ),
         ),
@@ -67,7 +65,7 @@ TARGETS: dict[str, Target] = {
             description="coremltools → .mlpackage with an RGB ImageType input that applies the "
             "normalisation; W8A8 via PT2E; structural checks only off macOS",
             options=(
-                _COMMON_FP16,
+                TargetOption("fp16", bool, False, "float16 compute precision (default float32, closest to PyTorch)"),
                 TargetOption("classifier", bool, False, "classifier outputs (classLabel + probabilities) with labels"),
                 TargetOption("min_target", str, "iOS17", "minimum deployment target",
                              choices=("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")),

@@ -181,6 +181,10 @@ class CoreMLConverter(Converter):
             "lwdeploy.normalisation": image["how"],
             "lwdeploy.labels": "\n".join(labels) if labels else "",
         })
+        # Reproducibility: drop the conversion date coremltools stamps into the metadata. The .mlpackage
+        # Manifest.json still keys its two items by fresh random UUIDs on every save, so the folder is not
+        # byte-identical across runs; model.mlmodel and weights/weight.bin are (checked in the tests).
+        mlmodel.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
         with atomic_path(req.out_path) as tmp:
             mlmodel.save(str(tmp))
         notes.append(f"compute precision {'float16' if opts['fp16'] else 'float32'}; minimum target {opts['min_target']}")

@@ -267,3 +267,22 @@ def test_zoo_model_int8_per_target(target, tmp_path):
         assert ver.fidelity["cosine"] > 0.9, ver.fidelity
     else:
         assert ver.checks["int8"]
+
+
+# ---------------------------------------------------------------- reproducibility
+
+
+@pytest.mark.parametrize("target", ["tflite", pytest.param("executorch", marks=pytest.mark.heavy),
+                                    pytest.param("coreml", marks=pytest.mark.heavy)])
+def test_same_export_twice_gives_identical_bytes(target, net, data, tmp_dir):
+    first, _ = export(target, False, net, data, tmp_dir)
+    x, _, _ = data
+    conv = get_converter(target)
+    again = conv.convert(ExportRequest(net, x[:1].clone(), tiny.INFO, tmp_dir / f"again{conv.suffix}",
+                                       labels=LABELS)).path
+    if target == "coreml":
+        # the package's Manifest.json names its items by random UUIDs; the model and weights must match
+        for part in ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"):
+            assert (first.path / part).read_bytes() == (again / part).read_bytes(), part
+    else:
+        assert first.path.read_bytes() == again.read_bytes()
