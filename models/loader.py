@@ -36,6 +36,8 @@ def load_model(spec: str, *, num_classes: int | None = None, width: float | None
             if "width" not in inspect.signature(entry.factory).parameters and not _accepts_kwargs(entry.factory):
                 raise LwdeployError(f"{entry.info.name} has no width multiplier", "leave out --width")
             kwargs["width"] = width
+        if resolution is not None and "input-size-bound" in entry.info.tags:
+            kwargs["resolution"] = resolution  # e.g. DiCENet's dimension-wise convs are built for one size
         model = entry.factory(**kwargs)
         info = entry.info
         if num_classes is not None and num_classes != info.num_classes:

@@ -96,6 +96,26 @@ def build_model(plan: ExportPlan):
                       pretrained=plan.pretrained, resolution=plan.resolution)
 
 
+@torch.no_grad()
+def settle_batchnorm(model, images: torch.Tensor, batch: int = 16):
+    """Re-estimate BatchNorm statistics of a randomly initialised model on real images.
+
+    He-initialised networks with identity BatchNorm blow activations up layer by layer (GhostNet's logits
+    reach ~1e6), so int8 fidelity and latency measured on them mean little. Setting each BN's running
+    mean/var from real photos gives the activation ranges a trained network has; weights stay random.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    model.train()
+    for i in range(0, len(images), batch):
+        model(images[i:i + batch])
+    return model.eval()
+
+
 def prune_model(model, ratio: float, example: torch.Tensor):
     """Stage 2 (optional): structured channel pruning."""
     from lwdeploy.quantization.pruning import prune
@@ -138,6 +158,10 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
                               plan.seed)
     say(f"images: {images.source} — {len(images.calib)} calibration / {len(images.heldout)} held-out crops")
     example = images.heldout[:1].clone()
+    random_weights = not plan.weights and not plan.pretrained and ":" not in plan.model
+    if random_weights:
+        say("random weights: re-estimating BatchNorm statistics on the calibration photos")
+        settle_batchnorm(net, images.calib)
     if plan.prune:
         say(f"pruning {plan.prune:.0%} of channels")
         net = prune_model(net, plan.prune, example).eval()
@@ -146,7 +170,9 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     model_meta = {"name": info.name, "family": info.family, "spec": plan.model, "resolution": res,
                   "width": plan.width or 1.0, "num_classes": int(reference.shape[-1]),
                   "params": count_params(net), "macs": count_macs(net, res),
-                  "weights": str(plan.weights) if plan.weights else ("pretrained" if plan.pretrained else "random init"),
+                  "weights": str(plan.weights) if plan.weights else ("pretrained" if plan.pretrained else
+                                                                    "random init, BatchNorm statistics from calibration photos"
+                                                                    if random_weights else "as built by the user's code"),
                   "pruned": plan.prune, "paper": info.paper}
     stem = artifact_stem(info.name, plan, res, info.resolution)
     manifests = []
