@@ -15,7 +15,6 @@ docs when you want). Trained checkpoints are cached under benchmarks/results/ckp
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

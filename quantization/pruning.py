@@ -97,7 +97,12 @@ def prune(model: nn.Module, ratio: float, example: torch.Tensor, *, round_to: in
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        before = model(example)
+        try:
+            before = model(example)
+        except Exception as e:
+            raise LwdeployError(f"{type(model).__name__} does not run on an input of shape {tuple(example.shape)} "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})",
+                                "pass an example input the model accepts (e.g. a larger --resolution)") from None
     ignored_names = _names_of(model, default_ignored(model) if ignored is None else ignored)
     label = type(model).__name__
     try:
@@ -105,7 +110,7 @@ def prune(model: nn.Module, ratio: float, example: torch.Tensor, *, round_to: in
     except LwdeployError as first:
         unsafe = _unsafe_group_modules(model, example, ignored_names)
         if not unsafe:
-            raise
+            raise LwdeployError(f"cannot prune {label}: {first.message}", first.hint) from None
         try:
             pruned = _attempt(model, ratio, example, before, round_to, importance, ignored_names | unsafe,
                               layer_ratios, verify)
