@@ -154,3 +154,29 @@ def test_int8_tflite_has_no_transpose_pad_or_float_island():
     assert vendor["TRANSPOSE"] > 2
     assert ours["TRANSPOSE"] == 2                             # NCHW input and NCHW 4-D output
     assert ours["QUANTIZE"] + ours["DEQUANTIZE"] <= 2         # at most the float input/output edges
+
+
+@pytest.mark.heavy
+def test_same_seed_gives_the_same_int8_artifact_bytes():
+    """Calibration crops are drawn from a seeded generator and PT2E is deterministic: same seed, same bytes."""
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.int8_bench import export_tflite
+    from lwdeploy.quantization.calibration import real_photos
+
+    def build(seed: int) -> bytes:
+        torch.manual_seed(0)
+        model = nn.Sequential(layers.ConvBNAct(3, 8, 3, 2, act="hswish"),
+                              layers.InvertedResidual(8, 8, 3, 1, 16, act="hswish", se_channels=8)).eval()
+        images = real_photos(32, (0.5,) * 3, (0.5,) * 3, n_calib=4, n_heldout=1, seed=seed)
+        with tempfile.TemporaryDirectory() as d:
+            return export_tflite(lower(model, "tflite"), images.heldout[:1], Path(d) / "m.tflite", int8=True,
+                                 calib=images.calib_batches()).read_bytes()
+
+    first = build(1)
+    assert build(1) == first
+    assert build(2) != first          # and the seed really reaches the calibration set
