@@ -108,7 +108,17 @@ class ExecuTorchConverter(Converter):
         from executorch.runtime import Runtime
 
         checks = inspect_pte(path)
-        method = Runtime.get().load_program(Path(path)).load_method("forward")
+        try:
+            method = Runtime.get().load_program(Path(path)).load_method("forward")
+        except RuntimeError as e:
+            # The XNNPACK delegate compiles its graph at load time and can refuse it (e.g.
+            # xnn_status_unsupported_parameter for an int8 requantization scale out of its range). The
+            # delegate is baked into the .pte, so there is no fallback: report it instead of a number.
+            checks["loads"] = f"FAILED: {str(e).strip()[:300]}"
+            return Verification(False, checks, None, None, [
+                "the ExecuTorch runtime could not load this program (XNNPACK refused it at init; see the "
+                "runtime log above, e.g. 'XNN Runtime creation failed'): no fidelity or latency"])
+        checks["loads"] = "ok"
         outputs = [method.execute((x.unsqueeze(0).contiguous(),))[0] for x in inputs]
         output = torch.cat([o.reshape(1, -1) for o in outputs])
         example = (inputs[:1].contiguous(),)
