@@ -46,6 +46,15 @@ def _tensor_spec(model: Any, graph: Any, index: int) -> dict[str, Any]:
     return spec
 
 
+def _requant_ratio(in_t: Any, w_t: Any, out_t: Any) -> tuple[float, float] | None:
+    qs = [t.Quantization() for t in (in_t, w_t, out_t)]
+    if any(q is None or not q.ScaleLength() for q in qs):
+        return None
+    s_in, s_out = float(qs[0].ScaleAsNumpy()[0]), float(qs[2].ScaleAsNumpy()[0])
+    w = qs[1].ScaleAsNumpy()
+    return s_in * float(w.min()) / s_out, s_in * float(w.max()) / s_out
+
+
 def inspect_tflite(path: Path | str) -> dict[str, Any]:
     """Structural summary of a .tflite file (main subgraph)."""
     buf = Path(path).read_bytes()
@@ -54,6 +63,7 @@ def inspect_tflite(path: Path | str) -> dict[str, Any]:
     graph = model.Subgraphs(0)
     histogram: collections.Counter[str] = collections.Counter()
     convs = []
+    requant_out_of_range: list[dict[str, Any]] = []
     for j in range(graph.OperatorsLength()):
         op = graph.Operators(j)
         name = ops[op.OpcodeIndex()]
@@ -61,6 +71,11 @@ def inspect_tflite(path: Path | str) -> dict[str, Any]:
         if name in _CONV_OPS:
             inputs = op.InputsAsNumpy()
             in_t, w_t = graph.Tensors(int(inputs[0])), graph.Tensors(int(inputs[1]))
+            out_t = graph.Tensors(int(op.OutputsAsNumpy()[0]))
+            ratio = _requant_ratio(in_t, w_t, out_t)
+            if ratio is not None and not (2.0**-32 <= ratio[0] and ratio[1] < 256.0):
+                requant_out_of_range.append({"op": j, "type": name, "output": out_t.Name().decode()[-120:],
+                                             "ratio": [float(f"{r:.4g}") for r in ratio]})
             convs.append({
                 "op": name,
                 "input": _TYPE_NAMES.get(in_t.Type()).lower(),
@@ -85,6 +100,9 @@ def inspect_tflite(path: Path | str) -> dict[str, Any]:
         "conv_ops_int8": sum(c["int8"] for c in conv_only),
         "fully_connected_int8": [c["int8"] for c in convs if c["op"] == "FULLY_CONNECTED"],
         "float_convs": [c["output_tensor"] for c in conv_only if not c["int8"]][:20],
+        # XNNPACK accepts an int8 conv/FC only if input_scale·weight_scale/output_scale is in [2^-32, 256);
+        # entries here make the delegate fail to prepare (typical of random weights with exploding activations)
+        "requant_out_of_xnnpack_range": requant_out_of_range[:20],
         "subgraphs": model.SubgraphsLength(),
         "metadata": metadata,
     }
