@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import pickle
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -62,10 +63,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise LwdeployError(
-            f"checkpoint {path.name} holds pickled Python objects, which lwdeploy will not execute "
-            f"(loaded with weights_only=True): {str(e).splitlines()[0][:160]}",
-            "re-save it as a plain state dict: torch.save(model.state_dict(), path)") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:  # a pickled class/function reference; anything else is a damaged or foreign file
+            raise LwdeployError(
+                f"checkpoint {path.name} holds pickled Python objects ({found.group(1)}), which lwdeploy will not "
+                "execute (it loads with weights_only=True)",
+                "re-save it as a plain state dict: torch.save(model.state_dict(), path)") from None
+        raise LwdeployError(f"cannot read checkpoint {path.name}: not a torch.save file",
+                            "pass a file written by torch.save(model.state_dict(), path)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise LwdeployError(f"cannot read checkpoint {path.name}: {str(e).splitlines()[0][:160]}",
                             "pass a file written by torch.save(model.state_dict(), path)") from None

@@ -16,6 +16,7 @@ import torch
 
 from .atomic import write_json
 from .errors import LwdeployError
+from .quiet import captured_native_output
 from .manifest import SCHEMA_VERSION, manifest_path, sha256_of, size_of, tool_versions
 
 Progress = Callable[[str], None]
@@ -97,7 +98,7 @@ def build_model(plan: ExportPlan):
 
 
 @torch.no_grad()
-def settle_batchnorm(model, images: torch.Tensor, batch: int = 16):
+def settle_batchnorm(model, images: torch.Tensor, limit: int = 16):
     """Re-estimate BatchNorm statistics of a randomly initialised model on real images.
 
     He-initialised networks with identity BatchNorm blow activations up layer by layer (GhostNet's logits
@@ -111,8 +112,7 @@ def settle_batchnorm(model, images: torch.Tensor, batch: int = 16):
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over all batches
     model.train()
-    for i in range(0, len(images), batch):
-        model(images[i:i + batch])
+    model(images[:limit])  # 16 crops give every channel 16·H·W samples: plenty for a mean and variance
     return model.eval()
 
 
@@ -147,7 +147,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     plan = check_plan(ExportPlan(model, list(targets), Path(out_dir), int8, resolution, width, num_classes,
                                  Path(weights) if weights else None, pretrained, Path(calib) if calib else None,
                                  calib_samples, heldout_samples, prune, seed, dict(options or {})))
-    from lwdeploy.converters import get_converter
+    from lwdeploy.converters import TARGETS, get_converter
     from lwdeploy.models.complexity import count_macs, count_params
     from lwdeploy.quantization import calibration
 
@@ -177,16 +177,17 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     stem = artifact_stem(info.name, plan, res, info.resolution)
     manifests = []
     for target in plan.targets:
-        conv = get_converter(target)
-        out_path = plan.out_dir / f"{stem}{conv.suffix}"
+        out_path = plan.out_dir / f"{stem}{TARGETS[target].suffix}"
         try:
-            manifest = _export_one(conv, target, net, info, example, images, reference, out_path, plan,
-                                   model_meta, say)
+            with captured_native_output():  # importing and running the converter stacks is noisy in C++
+                conv = get_converter(target)
+                manifest = _export_one(conv, target, net, info, example, images, reference, out_path, plan,
+                                       model_meta, say)
         except Exception as e:
             if not keep_going:
                 raise
             kind = "user" if isinstance(e, LwdeployError) else type(e).__name__
-            manifest = {"artifact": {"file": out_path.name, "target": target, "format": conv.suffix},
+            manifest = {"artifact": {"file": out_path.name, "target": target, "format": out_path.suffix},
                         "model": model_meta, "error": f"{kind}: {str(e).strip().splitlines()[0][:500]}"
                         if str(e).strip() else kind}
             say(f"{target}: FAILED — {manifest['error']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import click
@@ -58,8 +59,10 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
     from rich.console import Console
 
     from lwdeploy.pipeline import export as run_export
+    from lwdeploy.quiet import terminal_stream
 
-    console = Console(stderr=True)
+    # the console writes to a duplicate of stderr: fd 2 itself is captured while converters run
+    console = Console(file=terminal_stream(), width=None if sys.stderr.isatty() else 120)
     start = time.perf_counter()
     with console.status("starting", spinner="dots") as status:
         def progress(msg: str) -> None:
@@ -89,7 +92,7 @@ def summary_table(manifests: list[dict]):
         lat = ver.get("latency_ms") or {}
         agree = fid.get("top1_agreement")
         table.add_row(
-            m["artifact"]["target"], m["artifact"]["path"], _size(m["artifact"]["size_bytes"]),
+            m["artifact"]["target"], m["artifact"]["file"], _size(m["artifact"]["size_bytes"]),
             "int8" if m["quantization"].get("scheme", "").startswith("int8") or m.get("calibration") else "fp32",
             f"{agree:.1%}" if agree is not None else "—",
             f"{fid['max_abs_diff']:.3g}" if "max_abs_diff" in fid else "—",
