@@ -73,3 +73,13 @@ def test_models_command_does_not_import_torch_at_import_time():
     code = "import sys, lwdeploy.commands.models; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_readme_zoo_table_is_generated_and_current(cli):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- zoo:start -->\n", 1)[1].split("\n<!-- zoo:end -->", 1)[0]
+    code, out, _ = cli("models", "--markdown")
+    assert code == 0
+    assert block.strip() == out.strip(), "README zoo table is stale: regenerate with `lwdeploy models --markdown`"
