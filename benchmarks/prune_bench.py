@@ -111,8 +111,10 @@ def main(argv=None) -> int:
         if data is not None:
             base_row["acc_unpruned"] = base_row["acc_pruned"] = base_row["acc_recovered"] = evaluate(
                 base, data[1], progress=True, console=console)
+        base_art = {}
         if not args.no_latency:
-            base_row["latency_ms"] = _latency(base, info, args, console)
+            base_row["latency_ms"] = _latency(base, info, args, console, keep=base_art,
+                                              art_dir=args.out / "artifacts" / name / "unpruned")
         entry["variants"].append(base_row)
         _write(report, args.out)
         for ratio in args.ratios:
@@ -139,9 +141,12 @@ def main(argv=None) -> int:
                                             resolution=args.resolution)
                 row["acc_recovered"] = evaluate(pruned, data[1], progress=True, console=console)
             if not args.no_latency:
-                row["latency_ms"] = _latency(pruned, info, args, console)
+                # paired: the unpruned artifact is re-timed right beside the pruned one, alternately, so a
+                # busy shared host slows both alike and the speed-up compares like with like
+                row["latency_ms"] = _latency(pruned, info, args, console, paired=base_art,
+                                             art_dir=args.out / "artifacts" / name / f"p{ratio:g}")
                 for t in TARGETS:
-                    ms, b = row["latency_ms"].get(t), base_row["latency_ms"].get(t)
+                    ms, b = row["latency_ms"].get(t), row["latency_ms"].get(f"{t}_paired_unpruned")
                     if isinstance(ms, float) and isinstance(b, float) and ms > 0:
                         row.setdefault("speedup", {})[t] = round(b / ms, 3)
             entry["variants"].append(row)
@@ -159,10 +164,13 @@ def _row(name, variant, ratio, model, args, count_params, count_macs) -> dict:
             "macs_latency_res": count_macs(model, args.latency_resolution)}
 
 
-def _latency(model, info, args, console) -> dict:
-    """Median host latency (ms) of int8 artifacts built by the project's converters; min over repeats."""
-    import tempfile
+def _latency(model, info, args, console, *, art_dir: Path, keep: dict | None = None,
+             paired: dict | None = None) -> dict:
+    """Median host latency (ms) of int8 artifacts built by the project's converters; min over repeats.
 
+    `keep` collects {target: (converter, path, inputs, reference)} for later pairing; with `paired`, each
+    repeat times the paired (unpruned) artifact and then this one, and both minima are reported.
+    """
     from lwdeploy.converters import get_converter
     from lwdeploy.converters.base import ExportRequest
 
@@ -179,22 +187,29 @@ def _latency(model, info, args, console) -> dict:
     for target in TARGETS:
         try:
             conv = get_converter(target)
-            with tempfile.TemporaryDirectory() as d:
-                lowered = lower_for(model.eval(), target)
-                req = ExportRequest(lowered, calib[0].clone(), info, Path(d) / f"m{conv.suffix}", int8=True,
-                                    calib=calib)
-                console.log(f"{target} int8 @ {res}px: converting")
-                result = conv.convert(req)
-                with torch.no_grad():
-                    ref = model(inputs)
-                p50s = []
-                for _ in range(args.latency_repeats):
-                    ver = conv.verify(result.path, inputs, ref)
-                    p50s.append(float(ver.latency_ms["p50"]))
-                out[target] = round(min(p50s), 3)
-                out[f"{target}_all_p50"] = p50s
-                if ver.fidelity:
-                    out[f"{target}_top1_agreement"] = ver.fidelity.get("top1_agreement")
+            lowered = lower_for(model.eval(), target)
+            path = art_dir / f"model{conv.suffix}"
+            req = ExportRequest(lowered, calib[0].clone(), info, path, int8=True, calib=calib)
+            console.log(f"{target} int8 @ {res}px: converting")
+            result = conv.convert(req)
+            with torch.no_grad():
+                ref = model(inputs)
+            if keep is not None:
+                keep[target] = (conv, result.path, inputs, ref)
+            mine, theirs = [], []
+            for _ in range(args.latency_repeats):
+                if paired and target in paired:
+                    pconv, ppath, pin, pref = paired[target]
+                    theirs.append(float(pconv.verify(ppath, pin, pref).latency_ms["p50"]))
+                ver = conv.verify(result.path, inputs, ref)
+                mine.append(float(ver.latency_ms["p50"]))
+            out[target] = round(min(mine), 3)
+            out[f"{target}_all_p50"] = mine
+            if theirs:
+                out[f"{target}_paired_unpruned"] = round(min(theirs), 3)
+                out[f"{target}_paired_unpruned_all_p50"] = theirs
+            if ver.fidelity:
+                out[f"{target}_top1_agreement"] = ver.fidelity.get("top1_agreement")
         except Exception as e:  # a converter failure is a result to report, not a crash of the whole run
             out[target] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
             console.print(f"[red]{target}: {out[target]}[/]")
@@ -226,6 +241,11 @@ def _fmt(v, spec=".2f", suffix=""):
     return f"{v:{spec}}{suffix}" if isinstance(v, (int, float)) and v is not None else ("—" if v is None else str(v))
 
 
+def _lat(lat: dict, t: str) -> str:
+    paired = lat.get(f"{t}_paired_unpruned")
+    return _fmt(lat.get(t), ".3f") + (f" ({paired:.3f})" if isinstance(paired, float) else "")
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
@@ -237,7 +257,8 @@ def markdown(report: dict) -> str:
         f"(train: {s['train_samples'] or 'all 60000'} images × {s['epochs']} epochs; recovery: "
         f"{s['finetune_epochs']} epoch(s) with KD from the unpruned model; eval: first {s['eval_samples']} test "
         f"images). Latency: int8, {s['latency_resolution']}×{s['latency_resolution']} input, host CPU, "
-        f"median of the best of {s['latency_repeats']} verify() runs.",
+        f"p50 of {s['latency_repeats']} verify() runs, best kept; speed-up = unpruned ÷ pruned, both timed "
+        f"alternately in the same window (the unpruned time it used is in brackets).",
         "",
         "| model | variant | params (M) | MACs (M) @lat. res | TFLite int8 ms | ExecuTorch int8 ms | speed-up "
         "TFLite / ET | acc unpruned | acc pruned | acc recovered |",
@@ -253,7 +274,7 @@ def markdown(report: dict) -> str:
             speed = " / ".join(_fmt(sp.get(t), ".2f", "×") for t in TARGETS) if sp else "—"
             lines.append("| " + " | ".join([
                 name, r["variant"], _fmt(r["params"] / 1e6), _fmt(r["macs_latency_res"] / 1e6, ".1f"),
-                _fmt(lat.get("tflite"), ".3f"), _fmt(lat.get("executorch"), ".3f"), speed,
+                _lat(lat, "tflite"), _lat(lat, "executorch"), speed,
                 _fmt(r.get("acc_unpruned"), ".2f", "%"), _fmt(r.get("acc_pruned"), ".2f", "%"),
                 _fmt(r.get("acc_recovered"), ".2f", "%")]) + " |")
     lines += ["", "Targets (issue #5): ratio 0.3 → ≥ 1.3× measured host int8 speed-up; recovered accuracy within "
