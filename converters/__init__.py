@@ -56,7 +56,7 @@ TARGETS: dict[str, Target] = {
             description="torch.export → to_edge_transform_and_lower(XnnpackPartitioner) → .pte; int8 via "
             "XNNPACKQuantizer; verified with the ExecuTorch runtime",
             options=(
-                TargetOption("etrecord", bool, False, "write an ETRecord beside the .pte (for the profiler)"),
+                TargetOption("etrecord", bool, True, "write an ETRecord beside the .pte (maps profiler events to PyTorch modules)"),
             ),
         ),
         Target(

@@ -87,7 +87,7 @@ class ExecuTorchConverter(Converter):
 
     def convert(self, req: ExportRequest) -> ConversionResult:
         t0 = time.perf_counter()
-        want_etrecord = bool(req.options.get("etrecord", False))
+        want_etrecord = bool(req.options.get("etrecord", True))
         stages = self.lower(req, generate_etrecord=want_etrecord)
         with atomic_path(req.out_path) as tmp:
             tmp.write_bytes(stages.program.buffer)

@@ -213,7 +213,9 @@ def _export_one(conv, target, net, info, example, images, reference, out_path, p
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "artifact": {"file": out_path.name, "path": str(out_path), "target": target, "format": conv.suffix,
-                     "sha256": sha256_of(result.path), "size_bytes": size_of(result.path)},
+                     "sha256": sha256_of(result.path), "size_bytes": size_of(result.path),
+                     "extra_files": [{"file": Path(f).name, "sha256": sha256_of(f)} for f in result.extra_files]},
+        "conversion": result.details,
         "model": model_meta,
         "preprocessing": {"resolution": model_meta["resolution"], "layout": "NCHW", "color": "RGB", "range": "0..1 then (x-mean)/std",
                           "mean": list(info.mean), "std": list(info.std)},
