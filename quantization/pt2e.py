@@ -167,9 +167,11 @@ def quantize(
         graph = torch.export.export(model, (example,), strict=True).module()
     except Exception:
         graph = torch.export.export(model, (example,)).module()
+    from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
 
-    annotating = wrap(quantizer_obj, keep_float, model)
+    # conv/add → ReLU6 quantized on [0, 6] after the clamp, not over the conv's own range (fixed_ranges.py)
+    annotating = wrap(FixedReLU6Ranges(quantizer_obj), keep_float, model)
     prepared = prepare_pt2e(graph, annotating)
     n_images = 0
     with torch.no_grad(), _single_thread():
@@ -194,6 +196,7 @@ def quantize(
         "static": True,
         "calibration_images": n_images,
         "keep_float": list(keep_float or []),
+        "relu6_fixed_range": "conv/linear/add → ReLU6 outputs quantized on [0, 6] (scale 6/255, zero point -128)",
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)

@@ -1,0 +1,80 @@
+"""Fixed output ranges where the function fixes them: conv/linear/add → ReLU6 is quantized on [0, 6].
+
+The PT2E quantizers (litert-torch's and ExecuTorch XNNPACK's) fuse conv+ReLU but not conv+ReLU6 (hardtanh):
+they quantize the conv's output over its whole observed range and let ReLU6 share that range. A conv whose
+output spans [-40, 40] then keeps ~20 of 256 int8 levels for the [0, 6] that survives the clamp. Measured
+on EfficientNet-Lite0 (real weights): 23 dB SQNR right after the stem, 3.8 dB at the logits, 53 % top-1
+agreement. `FixedReLU6Ranges` moves the quantization point after the clamp, with the exact range the
+function has: scale 6/255, zero point −128 — the conv+clamp is then one int8 op in TFLite (fused RELU6)
+and XNNPACK (fused output clamp).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
+                                                 Quantizer, SharedQuantizationSpec)
+
+ANNOTATION = "quantization_annotation"
+_CLAMPS = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default, torch.ops.aten.clamp.default}
+_PRODUCERS = ("conv", "linear", "add")
+
+RELU6_SPEC = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=6.0 / 255.0, zero_point=-128, quant_min=-128,
+                                          quant_max=127, qscheme=torch.per_tensor_affine)
+
+
+def _is_relu6(node: torch.fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in _CLAMPS:
+        return False
+    lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", node.kwargs.get("min", -1.0))
+    hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", node.kwargs.get("max", 1.0))
+    return lo == 0.0 and hi == 6.0
+
+
+class FixedReLU6Ranges(Quantizer):
+    def __init__(self, quantizer: Quantizer):
+        super().__init__()
+        self.quantizer = quantizer
+        self.fixed = 0
+
+    def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        return self.quantizer.transform_for_annotation(model)
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        model = self.quantizer.annotate(model) or model
+        for clamp in list(model.graph.nodes):
+            if not _is_relu6(clamp):
+                continue
+            prod = clamp.args[0]
+            if not isinstance(prod, torch.fx.Node) or len(prod.users) != 1:
+                continue                      # the pre-clamp value is read elsewhere: it needs its own range
+            if not any(p in str(prod.target) for p in _PRODUCERS):
+                continue
+            ann = prod.meta.get(ANNOTATION)
+            if ann is None or ann.output_qspec is None:
+                continue                      # not quantized (e.g. kept float): leave it alone
+            ann.output_qspec = None
+            clamp.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={}, output_qspec=RELU6_SPEC,
+                                                            _annotated=True)
+            self.fixed += 1
+        # anything that shared the producer's (now absent) output range shares the clamp's instead
+        for node in model.graph.nodes:
+            ann = node.meta.get(ANNOTATION)
+            if ann is None:
+                continue
+            for key, spec in list(ann.input_qspec_map.items()):
+                if isinstance(spec, SharedQuantizationSpec) and _points_to_moved(spec):
+                    ann.input_qspec_map[key] = RELU6_SPEC
+            if isinstance(ann.output_qspec, SharedQuantizationSpec) and _points_to_moved(ann.output_qspec):
+                ann.output_qspec = RELU6_SPEC
+        return model
+
+    def validate(self, model: torch.fx.GraphModule) -> None:
+        self.quantizer.validate(model)
+
+
+def _points_to_moved(spec: SharedQuantizationSpec) -> bool:
+    target = spec.edge_or_node
+    node = target[0] if isinstance(target, tuple) else target
+    ann = node.meta.get(ANNOTATION) if isinstance(node, torch.fx.Node) else None
+    return ann is not None and ann.output_qspec is None and any(_is_relu6(u) for u in node.users)
