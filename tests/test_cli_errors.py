@@ -108,3 +108,14 @@ def test_console_script_help_and_error_exit_code(tmp_path):
     assert r.returncode == 0 and "export" in r.stdout and "models" in r.stdout
     r = subprocess.run([exe, "export", "nosuchnet", "--out", tmp_path], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "unknown model" in r.stderr
+
+
+def test_checkpoint_for_another_model_is_refused(cli, tmp_path):
+    from lwdeploy.models import create
+    from lwdeploy.quantization.pruning import save_checkpoint
+
+    ckpt = tmp_path / "ghost.pt"
+    save_checkpoint(create("mobilenet_v3_small_100", num_classes=10), ckpt, model_name="mobilenet_v3_small_100",
+                    overrides={"num_classes": 10}, resolution=64)
+    code, _, err = cli("export", "mobilenet_v2_100", "--weights", ckpt, "--out", tmp_path / "o")
+    assert "is for mobilenet_v3_small_100, not mobilenet_v2_100" in _one_line_error(code, err)

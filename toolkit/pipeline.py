@@ -93,8 +93,42 @@ def build_model(plan: ExportPlan):
     from lwdeploy.models.loader import load_model
 
     torch.manual_seed(plan.seed)
+    checkpoint = _lwdeploy_checkpoint(plan)
+    if checkpoint:  # written by `lwdeploy prune` / `finetune`: rebuild the (pruned) shapes, then load
+        from dataclasses import replace
+
+        from lwdeploy.models import get_info
+        from lwdeploy.quantization.pruning import load_checkpoint
+
+        overrides = {"num_classes": plan.num_classes, "width": plan.width}
+        model, meta = load_checkpoint(checkpoint, overrides=overrides)
+        if plan.model != str(checkpoint) and get_info(plan.model).name != meta["model"]:
+            raise LwdeployError(f"checkpoint {checkpoint.name} is for {meta['model']}, not {plan.model}",
+                                f"run `lwdeploy export {checkpoint}` (the checkpoint names its model)")
+        info = get_info(meta["model"])
+        n_out = (meta.get("overrides") or {}).get("num_classes") or plan.num_classes
+        if n_out and n_out != info.num_classes:
+            info = replace(info, num_classes=n_out)
+        if meta.get("resolution") and plan.resolution is None:
+            info = replace(info, resolution=int(meta["resolution"]))
+        return model, info
     return load_model(plan.model, num_classes=plan.num_classes, width=plan.width, weights=plan.weights,
                       pretrained=plan.pretrained, resolution=plan.resolution)
+
+
+def _lwdeploy_checkpoint(plan: ExportPlan) -> Path | None:
+    """The lwdeploy checkpoint this plan names, as MODEL or as --weights (plain state dicts: None)."""
+    from lwdeploy.quantization.pruning import is_pruned_checkpoint
+
+    if Path(plan.model).suffix in (".pt", ".pth"):
+        if not Path(plan.model).is_file():
+            raise LwdeployError(f"checkpoint {plan.model!r} does not exist", "pass a file written by `lwdeploy prune`")
+        if plan.weights:
+            raise LwdeployError("--weights cannot be combined with a checkpoint MODEL", "leave out --weights")
+        return Path(plan.model)
+    if plan.weights and is_pruned_checkpoint(plan.weights):
+        return Path(plan.weights)
+    return None
 
 
 @torch.no_grad()
@@ -158,7 +192,8 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
                               plan.seed)
     say(f"images: {images.source} — {len(images.calib)} calibration / {len(images.heldout)} held-out crops")
     example = images.heldout[:1].clone()
-    random_weights = not plan.weights and not plan.pretrained and ":" not in plan.model
+    random_weights = (not plan.weights and not plan.pretrained and ":" not in plan.model
+                      and Path(plan.model).suffix not in (".pt", ".pth"))
     if random_weights:
         say("random weights: re-estimating BatchNorm statistics on the calibration photos")
         settle_batchnorm(net, images.calib)
@@ -173,8 +208,10 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
                   "weights": str(plan.weights) if plan.weights else ("pretrained" if plan.pretrained else
                                                                     "random init, BatchNorm statistics from calibration photos"
                                                                     if random_weights else "as built by the user's code"),
-                  "pruned": plan.prune, "paper": info.paper}
-    stem = artifact_stem(info.name, plan, res, info.resolution)
+                  "pruned": plan.prune or getattr(net, "lwdeploy_pruning", {}).get("ratio"), "paper": info.paper}
+    # a checkpoint MODEL names its artifacts after the file (mnv2_p0.3.pt → mnv2_p0.3_int8.tflite)
+    base = Path(plan.model).stem if Path(plan.model).suffix in (".pt", ".pth") else info.name
+    stem = artifact_stem(base, plan, res, info.resolution)
     manifests = []
     for target in plan.targets:
         out_path = plan.out_dir / f"{stem}{TARGETS[target].suffix}"
