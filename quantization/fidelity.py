@@ -130,6 +130,15 @@ def _activation_taps(gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
     return taps
 
 
+def _float_source(path: str, modules: dict[str, nn.Module]) -> str:
+    """PT2E folds BatchNorm into the conv before it: that conv's int8 output is the BN's float output."""
+    if isinstance(modules[path], nn.Conv2d) and "." in path:
+        bn = path.rsplit(".", 1)[0] + ".bn"
+        if isinstance(modules.get(bn), nn.BatchNorm2d):
+            return bn
+    return path
+
+
 @torch.no_grad()
 def layer_sqnr(float_model: nn.Module, quantized_gm: torch.fx.GraphModule, images: torch.Tensor) -> list[dict]:
     """Per module: SQNR (dB) of its int8-simulated output vs its float output, in network order.
@@ -141,8 +150,8 @@ def layer_sqnr(float_model: nn.Module, quantized_gm: torch.fx.GraphModule, image
     modules = dict(float_model.named_modules())
     wanted = [p for p in taps if p in modules]
     float_acts: dict[str, list[torch.Tensor]] = {p: [] for p in wanted}
-    hooks = [modules[p].register_forward_hook(lambda m, i, o, p=p: float_acts[p].append(o.detach()))
-             for p in wanted]
+    hooks = [modules[_float_source(p, modules)].register_forward_hook(
+        lambda m, i, o, p=p: float_acts[p].append(o.detach())) for p in wanted]
     was = float_model.training
     float_model.eval()
     try:

@@ -104,3 +104,23 @@ def test_keep_float_rejects_unknown_paths():
     model, x = _tiny(), torch.randn(2, 3, 32, 32)
     with pytest.raises(LwdeployError):
         _quantize(model, x, keep=["blocks.99"])
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_relu6_outputs_are_quantized_on_zero_to_six(target):
+    """conv → BN → ReLU6: the quantize sits after the clamp with scale 6/255, zp −128; none after the conv."""
+    pytest.importorskip("executorch" if target == "executorch" else "litert_torch", reason=f"{target} not installed")
+    from lwdeploy.quantization.pt2e import quantize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                          nn.Conv2d(8, 4, 1)).eval()
+    model[0].weight.data *= 20          # conv output far wider than [0, 6]: the case that lost precision
+    x = torch.randn(6, 3, 16, 16)
+    gm = quantize(model, x[:1], target, [x[i:i + 1] for i in range(6)]).module
+    clamps = [n for n in gm.graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+    assert len(clamps) == 1
+    conv = clamps[0].args[0]
+    assert "conv" in str(conv.target) and "quantize" not in " ".join(str(u.target) for u in conv.users)
+    q = [u for u in clamps[0].users if "quantize_per_tensor" in str(u.target)]
+    assert q and q[0].args[1] == pytest.approx(6 / 255) and q[0].args[2] == -128
