@@ -54,7 +54,7 @@ class Evil:  # a pickled object: must never be unpickled
         return (print, ("pwned",))
 
 
-def test_pickled_checkpoint_refused(cli, tmp_path, capsys):
+def test_pickled_checkpoint_refused(cli, tmp_path):
     ckpt = tmp_path / "evil.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Evil()}, ckpt)
     code, out, err = cli("export", "mobilenet_v3_small_100", "--weights", ckpt, "--out", tmp_path / "o")
