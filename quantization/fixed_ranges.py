@@ -56,6 +56,12 @@ class FixedReLU6Ranges(Quantizer):
             ann.output_qspec = None
             clamp.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={}, output_qspec=RELU6_SPEC,
                                                             _annotated=True)
+            # Readers of the clamp take the same fixed range on their input edge; their own (histogram)
+            # observer would requantize, and TFLite's PAD before a stride-2 conv rejects differing scales.
+            for user in clamp.users:
+                uann = user.meta.get(ANNOTATION)
+                if uann is not None and clamp in uann.input_qspec_map:
+                    uann.input_qspec_map[clamp] = RELU6_SPEC
             self.fixed += 1
         # anything that shared the producer's (now absent) output range shares the clamp's instead
         for node in model.graph.nodes:
