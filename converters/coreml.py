@@ -62,7 +62,7 @@ class _Softmax(nn.Module):
 
 def prepare_normalisation(model: nn.Module, example: torch.Tensor, mean, std) -> tuple[nn.Module, dict[str, Any]]:
     """Return (model taking ImageType's output, ImageType args + a description). Never mutates `model`."""
-    mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    std_t = torch.tensor(std, dtype=torch.float32)
     if torch.allclose(std_t, std_t[0].expand(3)):
         s = float(std_t[0])
         return model, {"scale": 1 / (255 * s), "bias": [-m / s for m in mean], "in_model_scale": None,
@@ -147,7 +147,8 @@ class CoreMLConverter(Converter):
             if req.int8:
                 from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"])
+                qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"],
+                              keep_float=req.options.get("keep_float"))
                 model = qm.module
                 quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **qm.scheme}
             exported = torch.export.export(model, (example,))

@@ -67,7 +67,7 @@ class ExecuTorchConverter(Converter):
             if req.int8:
                 from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "executorch", req.calib)
+                qm = quantize(model, example, "executorch", req.calib, keep_float=req.options.get("keep_float"))
                 model = qm.module
                 quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
             exported = torch.export.export(model, (example,))

@@ -54,7 +54,7 @@ class TFLiteConverter(Converter):
 
                 from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "tflite", calib)
+                qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"))
                 edge = litert_torch.convert(qm.module, (example,), quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
                 quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
             else:

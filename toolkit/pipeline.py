@@ -6,7 +6,6 @@ the Python API. Nothing here parses arguments or prints tables: callers pass a `
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +156,12 @@ def prune_model(model, ratio: float, example: torch.Tensor):
     return prune(model, ratio, example)
 
 
-def lower_for(model, target: str):
-    """Stage 3: rewrite blocks into the forms `target` runs fast in int8 (when lowering is available)."""
-    try:
-        lowering = importlib.import_module("lwdeploy.quantization.lowering")
-    except ModuleNotFoundError:
-        return model
-    return lowering.lower(model, target)
+def lower_for(model, target: str, int8: bool):
+    """Stage 3: rewrite blocks into the forms `target` runs fast (int8: clamps and 4-D constants; float: the
+    runtime's native hard-swish). Returns a copy; the caller's model is untouched."""
+    from lwdeploy.quantization.lowering import lower
+
+    return lower(model, target, int8=int8)
 
 
 def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | Path = DEFAULT_OUT,
@@ -238,7 +236,7 @@ def _export_one(conv, target, net, info, example, images, reference, out_path, p
 
     say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
     t0 = time.perf_counter()
-    lowered = lower_for(net, target)
+    lowered = lower_for(net, target, plan.int8)
     req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
                         calib=images.calib_batches() if plan.int8 else [],
                         options={k: v for k, v in plan.options.items() if v is not None})

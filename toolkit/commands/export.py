@@ -47,10 +47,13 @@ def target_options(func):
 @click.option("--heldout-samples", default=64, show_default=True, help="Held-out crops for the fidelity check.")
 @click.option("--prune", type=float, help="Structured channel pruning ratio in (0, 1) before export.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random init, crops and calibration order.")
+@click.option("--keep-float", multiple=True, metavar="MODULE",
+              help="With --int8: leave this PyTorch module path in float (repeatable), e.g. the layers the "
+                   "fidelity report names as worst.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @target_options
 def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
-           calib_samples, heldout_samples, prune, seed, as_json, **target_opts):
+           calib_samples, heldout_samples, prune, seed, keep_float, as_json, **target_opts):
     """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
 
     Writes each artifact with a manifest (<artifact>.json) beside it: sha256, size, I/O spec,
@@ -73,7 +76,8 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
                                num_classes=num_classes, weights=weights, pretrained=pretrained, calib=calib,
                                calib_samples=calib_samples, heldout_samples=heldout_samples, prune=prune,
                                seed=seed, progress=progress,
-                               options={k: v for k, v in target_opts.items() if v is not None})
+                               options={**{k: v for k, v in target_opts.items() if v is not None},
+                                        **({"keep_float": list(keep_float)} if keep_float else {})})
     console.print(summary_table(manifests))
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s — manifests beside each artifact")
     if as_json:
