@@ -187,7 +187,10 @@ def _latency(model, info, args, console, *, art_dir: Path, keep: dict | None = N
     for target in TARGETS:
         try:
             conv = get_converter(target)
-            lowered = lower_for(model.eval(), target)
+            try:  # the pipeline's lowering takes int8 (newer) or not (older)
+                lowered = lower_for(model.eval(), target, int8=True)
+            except TypeError:
+                lowered = lower_for(model.eval(), target)
             path = art_dir / f"model{conv.suffix}"
             req = ExportRequest(lowered, calib[0].clone(), info, path, int8=True, calib=calib)
             console.log(f"{target} int8 @ {res}px: converting")
