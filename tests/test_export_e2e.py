@@ -6,12 +6,14 @@ import json
 
 def test_export_int8_tflite_and_float_executorch(cli, tmp_path):
     out = tmp_path / "out"
-    code, stdout, err = cli("export", "mobilenet_v3_small", "-r", "64", "--int8", "-t", "tflite",
-                            "--calib-samples", "8", "--heldout-samples", "8", "--out", out, "--json")
+    # ReLU6 network: random weights still give bounded activations, so 16 calibration crops cover the
+    # held-out range (MobileNetV3's random head has single outlier logits that few crops cannot calibrate)
+    code, stdout, err = cli("export", "mobilenet_v2", "-w", "0.5", "-r", "64", "--int8", "-t", "tflite",
+                            "--calib-samples", "16", "--heldout-samples", "8", "--out", out, "--json")
     assert code == 0, err
     assert "scikit-image sample photos" in err  # the calibration source is said on screen
     manifest = json.loads(stdout)
-    art = out / "mobilenet_v3_small_100_r64_int8.tflite"
+    art = out / "mobilenet_v2_100_w0.5_r64_int8.tflite"
     assert manifest["artifact"]["file"] == art.name
     assert manifest["artifact"]["sha256"] == hashlib.sha256(art.read_bytes()).hexdigest()
     assert json.loads((out / (art.name + ".json")).read_text()) == manifest
@@ -19,8 +21,11 @@ def test_export_int8_tflite_and_float_executorch(cli, tmp_path):
     assert manifest["verification"]["ran_on_host"] is True
     assert checks["conv_ops"] > 0 and checks["conv_ops_int8"] == checks["conv_ops"]
     fid = manifest["verification"]["fidelity"]
-    assert fid["n"] == 8 and 0 <= fid["top1_agreement"] <= 1 and fid["cosine"] > 0.5
-    assert manifest["calibration"]["calibration_images"] == 8
+    # random weights make int8 logits noisy (no trained structure); a broken scale or zero point gives
+    # SQNR ≈ 0 dB and cosine ≲ 0.4, which these bounds catch. Real-weight fidelity: tests/test_fidelity.py.
+    assert fid["n"] == 8 and 0 <= fid["top1_agreement"] <= 1, fid
+    assert fid["sqnr_db"] > 3 and fid["cosine"] > 0.75, fid
+    assert manifest["calibration"]["calibration_images"] == 16
     assert manifest["quantization"]["per_channel"] is True
     assert manifest["tools"]["torch"].startswith("2.13")
     # nothing half-written or temporary left behind
