@@ -39,7 +39,11 @@ def load_model(spec: str, *, num_classes: int | None = None, width: float | None
             kwargs["width"] = width
         if resolution is not None and "input-size-bound" in entry.info.tags:
             kwargs["resolution"] = resolution  # e.g. DiCENet's dimension-wise convs are built for one size
-        model = entry.factory(**kwargs)
+        try:
+            model = entry.factory(**kwargs)
+        except (ValueError, TypeError) as e:  # a family's own check on its arguments (sizes, widths)
+            raise LwdeployError(f"{entry.info.name} cannot be built with {kwargs}: {e}",
+                                "change --width/--resolution/--num-classes") from None
         info = entry.info
         if num_classes is not None and num_classes != info.num_classes:
             info = _replace(info, num_classes=num_classes)

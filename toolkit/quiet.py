@@ -24,12 +24,6 @@ def captured_native_output() -> Iterator[None]:
     if verbose():
         yield
         return
-    try:
-        import litert_torch._config as litert_config  # its own rich progress lines
-
-        litert_config.config.show_progress = False
-    except Exception:
-        pass
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
@@ -37,6 +31,7 @@ def captured_native_output() -> Iterator[None]:
         for fd in (1, 2):
             os.dup2(tmp.fileno(), fd)
         try:
+            _silence_litert_progress()  # importing litert-torch itself prints, so only now
             yield
         except BaseException as e:
             sys.stdout.flush()
@@ -52,6 +47,15 @@ def captured_native_output() -> Iterator[None]:
             for fd, dup in saved.items():
                 os.dup2(dup, fd)
                 os.close(dup)
+
+
+def _silence_litert_progress() -> None:
+    try:
+        import litert_torch._config as litert_config  # its own rich progress lines
+
+        litert_config.config.show_progress = False
+    except Exception:
+        pass
 
 
 def terminal_stream():

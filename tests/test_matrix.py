@@ -1,0 +1,52 @@
+"""The deployability matrix: worker per model, failures recorded not fatal, JSON/markdown/HTML written."""
+
+import json
+
+import pytest
+
+from lwdeploy.errors import LwdeployError
+from lwdeploy.matrix import default_models, run_matrix, to_html, to_markdown
+
+
+def test_default_models_one_per_family():
+    from lwdeploy.models.registry import all_entries
+
+    names = default_models()
+    families = {e.info.family for e in all_entries()}
+    assert len(names) == len(families) >= 20
+    assert "ghostnet_100" in names and "mobilenet_v2_100" in names
+
+
+def test_matrix_runs_and_records_failures(tmp_path):
+    out = tmp_path / "m"
+    # one real cell, and a resolution DiCENet cannot be built at: its cells must fail, explained, not crash
+    result = run_matrix(["mobilenet_v3_small_100", "dicenet_050"], ["tflite"], ["fp32"], out,
+                        {"resolution": 48, "calib_samples": 4, "heldout_samples": 4}, timeout_s=600)
+    rows = {r["model"]: r for r in result["rows"]}
+    ok = rows["mobilenet_v3_small_100"]
+    assert ok["ok"] and ok["size_mb"] > 0 and ok["latency_ms"] > 0 and ok["top1_agreement"] == 1.0
+    bad = rows["dicenet_050"]
+    assert not bad["ok"] and "32" in bad["error"]
+    assert result["summary"]["cells"] == 2 and result["summary"]["ok"] == 1
+    assert result["summary"]["peak_rss_mb"] > 100
+    saved = json.loads((out / "matrix.json").read_text())
+    assert saved["summary"] == result["summary"]
+    md = (out / "matrix.md").read_text()
+    assert "| mobilenet_v3_small_100 | tflite | fp32 | ✅ |" in md and "## Failures" in md
+    assert "<table>" in (out / "matrix.html").read_text()
+
+
+def test_matrix_bad_input(tmp_path):
+    with pytest.raises(LwdeployError, match="unknown precision"):
+        run_matrix(["ghostnet"], ["tflite"], ["int4"], tmp_path)
+    with pytest.raises(LwdeployError, match="unknown model"):
+        run_matrix(["ghostnett"], ["tflite"], ["fp32"], tmp_path)
+
+
+def test_renderers_escape_errors():
+    result = {"summary": {"ok": 0, "cells": 1, "success_rate": 0.0, "wall_s": 1.0, "cpu_count": 2,
+                          "peak_rss_mb": 1, "targets": ["coreml"], "precisions": ["int8"]},
+              "rows": [{"model": "x", "target": "coreml", "precision": "int8", "ok": False,
+                        "error": "unsupported op <aten.foo> in blocks.1"}]}
+    assert "&lt;aten.foo&gt;" in to_html(result)
+    assert "unsupported op <aten.foo> in blocks.1" in to_markdown(result)
