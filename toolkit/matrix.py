@@ -115,12 +115,18 @@ def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions:
         rows.extend(got)
         if on_model:
             on_model(model, got)
+        result = _write(rows, models, targets, precisions, out_dir, t_start)  # partial results survive a stop
+    return result
+
+
+def _write(rows: list[dict], models, targets, precisions, out_dir: Path, t_start: float) -> dict:
     summary = {
         "cells": len(rows), "ok": sum(r["ok"] for r in rows),
         "success_rate": round(sum(r["ok"] for r in rows) / max(1, len(rows)), 4),
         "wall_s": round(time.perf_counter() - t_start, 1),
         "peak_rss_mb": max((r.get("peak_rss_mb") or 0 for r in rows), default=0),
-        "models": models, "targets": list(targets), "precisions": list(precisions),
+        "models": list(models), "models_done": len({r["model"] for r in rows}),
+        "targets": list(targets), "precisions": list(precisions),
         "cpu_count": os.cpu_count(),
     }
     result = {"summary": summary, "rows": rows}
