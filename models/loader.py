@@ -59,13 +59,14 @@ def load_model(spec: str, *, num_classes: int | None = None, width: float | None
     return model.eval(), info
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely (weights_only=True) and unwrap the usual {"state_dict": …} containers."""
+def safe_load(path: str | Path, hint: str = "pass a file written by torch.save(model.state_dict(), path)"):
+    """torch.load with weights_only=True: tensors and plain containers only, no code runs. One-line errors
+    that tell a pickled-object checkpoint (refused) from a damaged or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise LwdeployError(f"checkpoint {str(path)!r} does not exist", "pass the path of a .pt/.pth state dict")
+        raise LwdeployError(f"checkpoint {str(path)!r} does not exist", hint)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found:  # a pickled class/function reference; anything else is a damaged or foreign file
@@ -73,11 +74,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                 f"checkpoint {path.name} holds pickled Python objects ({found.group(1)}), which lwdeploy will not "
                 "execute (it loads with weights_only=True)",
                 "re-save it as a plain state dict: torch.save(model.state_dict(), path)") from None
-        raise LwdeployError(f"cannot read checkpoint {path.name}: not a torch.save file",
-                            "pass a file written by torch.save(model.state_dict(), path)") from None
+        raise LwdeployError(f"cannot read checkpoint {path.name}: not a torch.save file", hint) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise LwdeployError(f"cannot read checkpoint {path.name}: {str(e).splitlines()[0][:160]}",
-                            "pass a file written by torch.save(model.state_dict(), path)") from None
+        raise LwdeployError(f"cannot read checkpoint {path.name}: {str(e).splitlines()[0][:160]}", hint) from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely (weights_only=True) and unwrap the usual {"state_dict": …} containers."""
+    path = Path(path)
+    obj = safe_load(path)
     for key in ("state_dict", "model_state_dict", "model", "ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -437,22 +437,10 @@ def _plain(obj):
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load and validate an lwdeploy checkpoint dict (weights_only=True: no code runs)."""
-    import pickle
-    import zipfile
+    from lwdeploy.models.loader import safe_load
 
     path = Path(path)
-    if not path.is_file():
-        raise LwdeployError(f"checkpoint {str(path)!r} does not exist", "pass a file written by `lwdeploy prune` "
-                                                                        "or `lwdeploy finetune`")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise LwdeployError(f"checkpoint {path.name} holds pickled Python objects, which lwdeploy will not "
-                            f"execute: {str(e).splitlines()[0][:160]}",
-                            "write it with `lwdeploy prune` / `lwdeploy finetune`") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise LwdeployError(f"cannot read checkpoint {path.name}: {str(e).splitlines()[0][:160]}",
-                            "pass a file written by `lwdeploy prune` / `lwdeploy finetune`") from None
+    obj = safe_load(path, "pass a file written by `lwdeploy prune` / `lwdeploy finetune`")
     if not is_checkpoint_dict(obj):
         raise LwdeployError(f"{path.name} is not an lwdeploy checkpoint (no model name / pruning record)",
                             "a plain state dict cannot rebuild pruned shapes: use --weights for unpruned models, "
