@@ -119,3 +119,8 @@ def test_checkpoint_for_another_model_is_refused(cli, tmp_path):
                     overrides={"num_classes": 10}, resolution=64)
     code, _, err = cli("export", "mobilenet_v2_100", "--weights", ckpt, "--out", tmp_path / "o")
     assert "is for mobilenet_v3_small_100, not mobilenet_v2_100" in _one_line_error(code, err)
+
+
+def test_sample_counts_must_be_positive(cli, tmp_path):
+    code, _, err = cli("export", "mobilenet_v3_small_100", "--heldout-samples", "0", "--out", tmp_path / "o")
+    assert "at least 1" in _one_line_error(code, err)

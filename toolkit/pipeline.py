@@ -65,6 +65,9 @@ def check_plan(plan: ExportPlan) -> ExportPlan:
         raise LwdeployError(f"width multiplier {plan.width} is out of range", "use a value in (0, 4], e.g. 0.75")
     if plan.num_classes is not None and plan.num_classes < 1:
         raise LwdeployError(f"--num-classes {plan.num_classes} must be positive", "e.g. --num-classes 10")
+    if plan.calib_samples < 1 or plan.heldout_samples < 1:
+        raise LwdeployError("--calib-samples and --heldout-samples must be at least 1",
+                            "e.g. --calib-samples 64 --heldout-samples 64")
     if plan.prune is not None and not 0 < plan.prune < 1:
         raise LwdeployError(f"prune ratio {plan.prune} must be in (0, 1)", "e.g. --prune 0.3")
     if plan.weights is not None and not Path(plan.weights).is_file():
