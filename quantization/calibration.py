@@ -84,8 +84,27 @@ def image_folder(path: str | Path, resolution: int, mean, std, n_calib: int = 64
                   n_calib, n_heldout, seed)
 
 
+def fashion_mnist(resolution: int, mean, std, n_calib: int = 64, n_heldout: int = 64, seed: int = 0) -> ImageSet:
+    """Fashion-MNIST (Debian's dataset-fashion-mnist): calibration from the training split, held-out images
+    from the test split, a seeded random choice of each — for models trained at small resolution on it."""
+    from .datasets import FashionMNIST
+
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for train, n in ((True, n_calib), (False, n_heldout)):
+        ds = FashionMNIST(train=train, resolution=resolution, mean=mean, std=std)
+        idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+        parts.append((torch.stack([ds[i][0] for i in idx]), ds.source))
+    (calib, src), (held, held_src) = parts
+    return ImageSet("Fashion-MNIST (train split for calibration, test split held out)", calib, held,
+                    [src], [held_src])
+
+
 def load(calib_dir: str | Path | None, resolution: int, mean, std, n_calib: int = 64, n_heldout: int = 64,
          seed: int = 0) -> ImageSet:
+    """`calib_dir`: None (built-in real photos), "fashion-mnist", or an image folder."""
+    if calib_dir is not None and str(calib_dir) == "fashion-mnist":
+        return fashion_mnist(resolution, mean, std, n_calib, n_heldout, seed)
     if calib_dir:
         return image_folder(calib_dir, resolution, mean, std, n_calib, n_heldout, seed)
     return real_photos(resolution, mean, std, n_calib, n_heldout, seed)

@@ -49,3 +49,14 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     with pytest.raises(LwdeployError, match="no readable images"):
         calibration.image_folder(tmp_path, 32, MEAN, STD)
+
+
+def test_fashion_mnist_source():
+    from lwdeploy.quantization.datasets import fashion_mnist_dir
+
+    if fashion_mnist_dir() is None:
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    s = calibration.load("fashion-mnist", 32, (0.5,) * 3, (0.5,) * 3, n_calib=6, n_heldout=4, seed=0)
+    assert s.calib.shape == (6, 3, 32, 32) and s.heldout.shape == (4, 3, 32, 32)
+    assert "train" in s.calib_files[0] and "t10k" in s.heldout_files[0]
+    assert torch.equal(s.calib, calibration.load("fashion-mnist", 32, (0.5,) * 3, (0.5,) * 3, 6, 4, 0).calib)

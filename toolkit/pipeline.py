@@ -35,7 +35,7 @@ class ExportPlan:
     num_classes: int | None = None
     weights: Path | None = None
     pretrained: bool = False
-    calib: Path | None = None
+    calib: Path | str | None = None          # a folder, or "fashion-mnist"
     calib_samples: int = 64
     heldout_samples: int = 64
     prune: float | None = None
@@ -72,7 +72,7 @@ def check_plan(plan: ExportPlan) -> ExportPlan:
         raise LwdeployError(f"prune ratio {plan.prune} must be in (0, 1)", "e.g. --prune 0.3")
     if plan.weights is not None and not Path(plan.weights).is_file():
         raise LwdeployError(f"checkpoint {str(plan.weights)!r} does not exist", "pass a .pt/.pth state dict file")
-    if plan.calib is not None and not Path(plan.calib).is_dir():
+    if plan.calib is not None and str(plan.calib) != "fashion-mnist" and not Path(plan.calib).is_dir():
         raise LwdeployError(f"calibration folder {str(plan.calib)!r} does not exist or is not a folder",
                             "pass a folder of images with --calib")
     return plan
@@ -180,7 +180,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     """
     say = progress or (lambda msg: None)
     plan = check_plan(ExportPlan(model, list(targets), Path(out_dir), int8, resolution, width, num_classes,
-                                 Path(weights) if weights else None, pretrained, Path(calib) if calib else None,
+                                 Path(weights) if weights else None, pretrained, (calib if str(calib) == "fashion-mnist" else Path(calib)) if calib else None,
                                  calib_samples, heldout_samples, prune, seed, dict(options or {})))
     from lwdeploy.converters import TARGETS, get_converter
     from lwdeploy.models.complexity import count_macs, count_params

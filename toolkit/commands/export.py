@@ -42,7 +42,9 @@ def target_options(func):
 @click.option("--num-classes", type=int, help="Classifier size (e.g. 10 for a Fashion-MNIST checkpoint).")
 @click.option("--weights", type=click.Path(), help="State-dict checkpoint (.pt/.pth), loaded with weights_only=True.")
 @click.option("--pretrained", is_flag=True, help="Real ImageNet weights where the zoo has them (efficientnet_lite0).")
-@click.option("--calib", type=click.Path(), help="Image folder for calibration; default: real photos from scikit-image.")
+@click.option("--calib", type=click.Path(),
+              help="Image folder, or 'fashion-mnist' (Debian dataset-fashion-mnist), for calibration; "
+                   "default: real photos from scikit-image.")
 @click.option("--calib-samples", default=64, show_default=True, help="Calibration crops.")
 @click.option("--heldout-samples", default=64, show_default=True, help="Held-out crops for the fidelity check.")
 @click.option("--prune", type=float, help="Structured channel pruning ratio in (0, 1) before export.")
