@@ -31,10 +31,13 @@ def test_export_int8_tflite_and_float_executorch(cli, tmp_path):
     # nothing half-written or temporary left behind
     assert sorted(p.name for p in out.iterdir()) == [art.name, art.name + ".json"]
 
-    code, stdout, err = cli("export", "mobilenet_v3_small", "-r", "64", "-t", "executorch",
-                            "--calib-samples", "8", "--heldout-samples", "8", "--out", out, "--json")
+    # two targets: converted in two worker processes, verified one after the other
+    code, stdout, err = cli("export", "mobilenet_v3_small", "-r", "64", "-t", "executorch", "-t", "coreml",
+                            "--calib-samples", "8", "--heldout-samples", "8", "--out", out, "--json", "--jobs", "2")
     assert code == 0, err
-    m = json.loads(stdout)
+    assert "in 2 processes" in err
+    m, coreml = json.loads(stdout)
+    assert coreml["artifact"]["file"].endswith("_fp32.mlpackage") and coreml["verification"]["ran_on_host"] is False
     assert m["artifact"]["file"].endswith("_fp32.pte")
     assert m["verification"]["fidelity"]["max_abs_diff"] < 1e-3  # float export matches PyTorch
     assert (out / m["artifact"]["file"].replace(".pte", ".etrecord")).exists()

@@ -41,6 +41,7 @@ class ExportPlan:
     prune: float | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)
+    jobs: int | None = None                   # conversion processes; None: one per target up to the cores
 
 
 def resolve_targets(names: Sequence[str]) -> list[str]:
@@ -172,7 +173,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
            num_classes: int | None = None, weights: str | Path | None = None, pretrained: bool = False,
            calib: str | Path | None = None, calib_samples: int = 64, heldout_samples: int = 64,
            prune: float | None = None, seed: int = 0, options: dict | None = None,
-           progress: Progress | None = None, keep_going: bool = False) -> list[dict]:
+           progress: Progress | None = None, keep_going: bool = False, jobs: int | None = None) -> list[dict]:
     """Export `model` to each target and verify it; returns one manifest dict per artifact.
 
     With keep_going, a target that fails yields {"artifact": {...}, "error": "..."} instead of raising, so
@@ -181,7 +182,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     say = progress or (lambda msg: None)
     plan = check_plan(ExportPlan(model, list(targets), Path(out_dir), int8, resolution, width, num_classes,
                                  Path(weights) if weights else None, pretrained, (calib if str(calib) == "fashion-mnist" else Path(calib)) if calib else None,
-                                 calib_samples, heldout_samples, prune, seed, dict(options or {})))
+                                 calib_samples, heldout_samples, prune, seed, dict(options or {}), jobs))
     from lwdeploy.converters import TARGETS, get_converter
     from lwdeploy.models.complexity import count_macs, count_params
     from lwdeploy.quantization import calibration
@@ -214,13 +215,19 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     base = Path(plan.model).stem if Path(plan.model).suffix in (".pt", ".pth") else info.name
     stem = artifact_stem(base, plan, res, info.resolution)
     manifests = []
+    out_paths = {t: plan.out_dir / f"{stem}{TARGETS[t].suffix}" for t in plan.targets}
+    converted = _convert_all(plan, net, info, example, images, out_paths, say)
     for target in plan.targets:
-        out_path = plan.out_dir / f"{stem}{TARGETS[target].suffix}"
+        out_path = out_paths[target]
         try:
             with captured_native_output():  # importing and running the converter stacks is noisy in C++
                 conv = get_converter(target)
-                manifest = _export_one(conv, target, net, info, example, images, reference, out_path, plan,
-                                       model_meta, say)
+                outcome = converted.get(target)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                result, convert_s = outcome or _convert(target, net, info, example, images, out_path, plan, say)
+                manifest = _verify_and_record(conv, target, result, convert_s, info, images, reference, out_path,
+                                              plan, model_meta, say)
         except Exception as e:
             if not keep_going:
                 raise
@@ -233,18 +240,63 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     return manifests
 
 
-def _export_one(conv, target, net, info, example, images, reference, out_path, plan, model_meta, say) -> dict:
-    """Lower → (quantize) → convert → verify → manifest for one target."""
+def _convert(target, net, info, example, images, out_path, plan, say=None):
+    """Lower → (quantize) → convert for one target; returns (ConversionResult, seconds)."""
+    from lwdeploy.converters import get_converter
     from lwdeploy.converters.base import ExportRequest
 
-    say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
+    if say:
+        say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
     t0 = time.perf_counter()
     lowered = lower_for(net, target, plan.int8)
     req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
                         calib=images.calib_batches() if plan.int8 else [],
                         options={k: v for k, v in plan.options.items() if v is not None})
-    result = conv.convert(req)
-    convert_s = time.perf_counter() - t0
+    result = get_converter(target).convert(req)
+    return result, time.perf_counter() - t0
+
+
+def _convert_worker(*args):
+    """Child process: one target's conversion, one intra-op thread (the other worker has the other core)."""
+    torch.set_num_threads(1)
+    with captured_native_output():
+        return _convert(*args)
+
+
+def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say) -> dict:
+    """Convert several targets at once in worker processes (conversion is mostly single-threaded Python and
+    MLIR work, so two targets take about the time of one on two cores). Verification stays sequential in this
+    process so host latencies are measured on a quiet machine. Returns {} when running sequentially."""
+    import os
+    import pickle
+
+    jobs = min(plan.jobs or (os.cpu_count() or 1), len(plan.targets))
+    if jobs < 2:
+        return {}
+    try:
+        pickle.dumps((net, info, images))  # models from a user's file.py cannot cross into a child process
+    except Exception:
+        return {}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    say(f"converting for {', '.join(plan.targets)} in {jobs} processes")
+    out: dict = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {t: pool.submit(_convert_worker, t, net, info, example, images, out_paths[t], plan)
+                   for t in plan.targets}
+        for target, fut in futures.items():
+            try:
+                out[target] = fut.result()
+                say(f"{target}: converted in {out[target][1]:.0f} s")
+            except Exception as e:  # re-raised (or recorded) in target order by the caller
+                out[target] = e
+    return out
+
+
+def _verify_and_record(conv, target, result, convert_s, info, images, reference, out_path, plan, model_meta,
+                       say) -> dict:
+    """Verify one artifact on the host and write its manifest."""
     say(f"{target}: verifying {out_path.name}")
     t1 = time.perf_counter()
     ver = conv.verify(result.path, images.heldout, reference)
@@ -255,8 +307,8 @@ def _export_one(conv, target, net, info, example, images, reference, out_path, p
                      "extra_files": [{"file": Path(f).name, "sha256": sha256_of(f)} for f in result.extra_files]},
         "conversion": result.details,
         "model": model_meta,
-        "preprocessing": {"resolution": model_meta["resolution"], "layout": "NCHW", "color": "RGB", "range": "0..1 then (x-mean)/std",
-                          "mean": list(info.mean), "std": list(info.std)},
+        "preprocessing": {"resolution": model_meta["resolution"], "layout": "NCHW", "color": "RGB",
+                          "range": "0..1 then (x-mean)/std", "mean": list(info.mean), "std": list(info.std)},
         "quantization": result.quantization if plan.int8 else {"scheme": "none (float32)"},
         "calibration": images.describe() if plan.int8 else None,
         "verification": {"ran_on_host": ver.ran_on_host, "fidelity": ver.fidelity, "latency_ms": ver.latency_ms,

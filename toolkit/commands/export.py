@@ -52,10 +52,12 @@ def target_options(func):
 @click.option("--keep-float", multiple=True, metavar="MODULE",
               help="With --int8: leave this PyTorch module path in float (repeatable), e.g. the layers the "
                    "fidelity report names as worst.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 8), help="Targets converted at once in worker processes "
+              "(default: one per target, up to the CPU count). Verification always runs one at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @target_options
 def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
-           calib_samples, heldout_samples, prune, seed, keep_float, as_json, **target_opts):
+           calib_samples, heldout_samples, prune, seed, keep_float, jobs, as_json, **target_opts):
     """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
 
     Writes each artifact with a manifest (<artifact>.json) beside it: sha256, size, I/O spec,
@@ -77,7 +79,7 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
         manifests = run_export(model, targets, out_dir=out_dir, int8=int8, resolution=resolution, width=width,
                                num_classes=num_classes, weights=weights, pretrained=pretrained, calib=calib,
                                calib_samples=calib_samples, heldout_samples=heldout_samples, prune=prune,
-                               seed=seed, progress=progress,
+                               seed=seed, progress=progress, jobs=jobs,
                                options={**{k: v for k, v in target_opts.items() if v is not None},
                                         **({"keep_float": list(keep_float)} if keep_float else {})})
     console.print(summary_table(manifests))
