@@ -58,15 +58,10 @@ def build(seed: int = 0) -> TinyConvNet:
 
 
 def recalibrate_batchnorm(model: nn.Module, res: int, batches: int = 4) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None          # cumulative average over the batches below
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn(16, 3, res, res))
-    model.eval()
+    """BatchNorm statistics from random images, with the pipeline's own stage (lwdeploy.pipeline)."""
+    from lwdeploy.pipeline import settle_batchnorm
+
+    settle_batchnorm(model, torch.randn(16 * batches, 3, res, res), limit=16 * batches)
 
 
 def images(n: int, seed: int) -> torch.Tensor:
