@@ -11,6 +11,7 @@ fixed output ranges for sigmoid/hardswish…) has a single place to extend.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -140,11 +141,13 @@ def quantize(
     *,
     quantizer: str | None = None,
     keep_float: Iterable[str] | None = None,
+    timings: Any = None,
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
 
     `quantizer` picks another row of QUANTIZER_BUILDERS (e.g. "coreml-native"); default: the target's.
     `keep_float`: module paths left in float (ExportRequest.options["keep_float"]; see quantization/keep_float.py).
+    `timings`: a converters.timing.StageTimer; each step's wall/CPU seconds are added to it (quantize.*).
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -163,18 +166,21 @@ def quantize(
     # strict (dynamo) export records source_fn_stack; without it litert-torch's "add" annotator matches no
     # residual add (torch_fn names it "add", the annotator wants operator.add), so chained residual adds
     # stayed float with DEQUANTIZE/QUANTIZE around them (measured on MobileNetV3). Non-strict as fallback.
-    try:
-        graph = torch.export.export(model, (example,), strict=True).module()
-    except Exception:
-        graph = torch.export.export(model, (example,)).module()
+    step = timings if timings is not None else _no_timer
+    with step("quantize.torch_export"):
+        try:
+            graph = torch.export.export(model, (example,), strict=True).module()
+        except Exception:
+            graph = torch.export.export(model, (example,)).module()
     from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
 
     # conv/add → ReLU6 quantized on [0, 6] after the clamp, not over the conv's own range (fixed_ranges.py)
     annotating = wrap(FixedReLU6Ranges(quantizer_obj), keep_float, model)
-    prepared = prepare_pt2e(graph, annotating)
+    with step("quantize.prepare_pt2e"):
+        prepared = prepare_pt2e(graph, annotating)
     n_images = 0
-    with torch.no_grad(), _single_thread():
+    with torch.no_grad(), _single_thread(), step("quantize.calibrate"):
         for batch in calib:
             if batch.dim() == 3:
                 batch = batch.unsqueeze(0)
@@ -182,7 +188,8 @@ def quantize(
             for image in batch.split(example.shape[0]):
                 prepared(image)
                 n_images += image.shape[0]
-    converted = convert_pt2e(prepared, fold_quantize=fold)
+    with step("quantize.convert_pt2e"):
+        converted = convert_pt2e(prepared, fold_quantize=fold)
     # The GraphModule comes back flagged as training; converters (litert-torch) warn and may keep
     # train-mode ops. This swaps in the eval forms and clears the flag.
     converted = move_exported_model_to_eval(converted)
@@ -200,6 +207,11 @@ def quantize(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)
+
+
+@contextlib.contextmanager
+def _no_timer(name: str):
+    yield
 
 
 class _single_thread:
