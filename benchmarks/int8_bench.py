@@ -238,11 +238,17 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
     info = zoo.get_info(name)
     res = args.resolution or info.resolution
     images = real_photos(res, info.mean, info.std, args.calib, args.heldout, args.seed)
+    if not pretrained:
+        # as the export pipeline does: random weights with identity BatchNorm give exploding activations
+        from lwdeploy.pipeline import settle_batchnorm
+
+        settle_batchnorm(model, images.calib)
     calib = images.calib_batches()
     example = images.heldout[:1].clone()
     with torch.no_grad():
         reference = torch.cat([model(images.heldout[i:i + 8]) for i in range(0, len(images.heldout), 8)])
-    row: dict[str, Any] = {"model": name, "resolution": res, "weights": "pretrained" if pretrained else "random init",
+    row: dict[str, Any] = {"model": name, "resolution": res,
+                           "weights": "pretrained" if pretrained else "random init, BatchNorm statistics from the calibration crops",
                            "calibration": images.describe(), "targets": {}}
     vendor = args.vendor_all or name.startswith("mobilenet_v2")
     for target in targets:

@@ -88,3 +88,57 @@ def test_coreml_native_quantizer_runs(net):
     calib = list(tiny.images(4, seed=2).split(1))
     qm = quantize(net, calib[0], "coreml", calib, quantizer="coreml-native")
     assert any("dequantize_per_channel" in o for o in _ops(qm.module))
+
+
+def test_unsplat_biases_nudges_only_uniform_nonzero_biases():
+    from torch import nn
+
+    from lwdeploy.quantization.pt2e import unsplat_biases
+
+    class ThreeConvs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+            with torch.no_grad():
+                self.a.bias.fill_(3.0)        # uniform, non-zero: litert-torch would make it a splat
+                self.b.bias.zero_()           # zero is the same in every scale: left alone
+                self.c.bias.copy_(torch.arange(4.0))
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    gm = torch.export.export(ThreeConvs(), (torch.randn(1, 4, 2, 2),)).module()
+    before = {k: v.clone() for k, v in gm.state_dict().items() if k.endswith("bias")}
+    assert unsplat_biases(gm) == 1
+    after = {k: v for k, v in gm.state_dict().items() if k.endswith("bias")}
+    assert len(set(after["a.bias"].tolist())) > 1
+    assert torch.allclose(after["a.bias"], before["a.bias"], rtol=1e-6, atol=0)
+    assert torch.equal(after["b.bias"], before["b.bias"]) and torch.equal(after["c.bias"], before["c.bias"])
+
+
+def test_tflite_int8_uniform_bias_with_per_channel_scales():
+    """A conv whose bias is the same on every channel (a random-init SE excite conv after the hard-sigmoid +3
+    fold) with very different per-channel weight scales: litert-torch quantized such a bias with the first
+    channel's scale only (MobileNetV3-Small TFLite int8 output SQNR -0.3 dB). The .tflite must match float."""
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import contextlib
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from torch import nn
+
+    from benchmarks.int8_bench import export_tflite, tflite_run
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU6()).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(torch.logspace(-1.5, 0.5, 16).view(16, 1, 1, 1))   # scales 100× apart
+        net[0].bias.fill_(3.0)
+    x = torch.randn(32, 8, 4, 4)
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(sys.stderr):
+        path = export_tflite(net, x[:1], Path(d) / "b.tflite", int8=True, calib=list(x[:16].split(1)))
+        out = torch.from_numpy(tflite_run(path, x[16:], threads=1))
+    with torch.no_grad():
+        ref = net(x[16:]).reshape(16, -1)
+    assert _sqnr(out.reshape(16, -1), ref) > 25
