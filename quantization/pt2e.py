@@ -143,11 +143,13 @@ def quantize(
     quantizer: str | None = None,
     keep_float: Iterable[str] | None = None,
     timings: Any = None,
+    bias_correction: bool = True,
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
 
     `quantizer` picks another row of QUANTIZER_BUILDERS (e.g. "coreml-native"); default: the target's.
     `keep_float`: module paths left in float (ExportRequest.options["keep_float"]; see quantization/keep_float.py).
+    `bias_correction`: correct each layer's bias for the mean shift of its int8 weights (bias_correction.py).
     `timings`: a converters.timing.StageTimer; each step's wall/CPU seconds are added to it (quantize.*).
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -164,10 +166,18 @@ def quantize(
 
     t0 = time.perf_counter()
     model = model.eval()
+    step = timings if timings is not None else _no_timer
+    keep_float = list(keep_float or [])
+    corrected = 0
+    if bias_correction:
+        from lwdeploy.quantization.bias_correction import correct_biases
+
+        # on a copy: int8 weight rounding shifts each layer's output mean; the bias takes it back
+        with step("quantize.bias_correction"):
+            model, corrected = correct_biases(model, calib, skip=keep_float or ())
     # strict (dynamo) export records source_fn_stack; without it litert-torch's "add" annotator matches no
     # residual add (torch_fn names it "add", the annotator wants operator.add), so chained residual adds
     # stayed float with DEQUANTIZE/QUANTIZE around them (measured on MobileNetV3). Non-strict as fallback.
-    step = timings if timings is not None else _no_timer
     with step("quantize.torch_export"):
         try:
             graph = torch.export.export(model, (example,), strict=True).module()
@@ -208,6 +218,8 @@ def quantize(
         "relu6_fixed_range": "conv/linear/add → ReLU6 outputs quantized on [0, 6] (scale 6/255, zero point -128)",
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    scheme["bias_correction"] = (f"{corrected} layers: bias -= E[(Q(W) - W)·x] on the calibration images"
+                                 if bias_correction else "off")
     if unsplatted:
         scheme["uniform_biases_nudged"] = unsplatted
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)

@@ -142,3 +142,50 @@ def test_tflite_int8_uniform_bias_with_per_channel_scales():
     with torch.no_grad():
         ref = net(x[16:]).reshape(16, -1)
     assert _sqnr(out.reshape(16, -1), ref) > 25
+
+
+def _fused_int8(model):
+    """conv+BN folded as PT2E folds it, weights rounded as the PT2E quantizers round them."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from lwdeploy.quantization.bias_correction import int8_weight
+
+    m = copy.deepcopy(model).eval()
+    fused = fuse_conv_bn_eval(m[0], m[1])
+    fused.weight.data = int8_weight(fused.weight.data)
+    return fused
+
+
+def test_bias_correction_removes_the_mean_shift_of_int8_weights():
+    from torch import nn
+
+    from lwdeploy.quantization.bias_correction import correct_biases
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.01, 0.1)     # small variance: a large folded weight, a coarse int8 step
+        net[1].weight.uniform_(0.5, 2)
+    x = torch.rand(8, 16, 12, 12) * 4                   # post-ReLU inputs: not zero-mean
+    with torch.no_grad():
+        ref = net(x).mean((0, 2, 3))
+        plain = _fused_int8(net)(x).mean((0, 2, 3))
+        corrected_net, n = correct_biases(net, list(x.split(2)))
+        corrected = _fused_int8(corrected_net)(x).mean((0, 2, 3))
+    assert n == 1
+    assert float((plain - ref).abs().max()) > 1e-3            # int8 weights shift the channel means …
+    assert float((corrected - ref).abs().max()) < 1e-5        # … and the corrected bias takes it back
+    assert float(net[1].bias.abs().max()) == 0.0, "correct_biases must work on a copy"
+
+
+def test_quantize_records_bias_correction_and_keeps_the_callers_model(net):
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    calib = list(tiny.images(4, seed=2).split(1))
+    on = quantize(net, calib[0], "executorch", calib)
+    off = quantize(net, calib[0], "executorch", calib, bias_correction=False)
+    assert on.scheme["bias_correction"].split()[0] not in ("0", "off")
+    assert off.scheme["bias_correction"] == "off"
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
