@@ -173,7 +173,8 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
            num_classes: int | None = None, weights: str | Path | None = None, pretrained: bool = False,
            calib: str | Path | None = None, calib_samples: int = 64, heldout_samples: int = 64,
            prune: float | None = None, seed: int = 0, options: dict | None = None,
-           progress: Progress | None = None, keep_going: bool = False, jobs: int | None = None) -> list[dict]:
+           progress: Progress | None = None, keep_going: bool = False, jobs: int | None = None,
+           finetune_epochs: int = 0, dataset: str | None = None) -> list[dict]:
     """Export `model` to each target and verify it; returns one manifest dict per artifact.
 
     With keep_going, a target that fails yields {"artifact": {...}, "error": "..."} instead of raising, so
@@ -201,7 +202,16 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
         settle_batchnorm(net, images.calib)
     if plan.prune:
         say(f"pruning {plan.prune:.0%} of channels")
-        net = prune_model(net, plan.prune, example).eval()
+        unpruned, net = net, prune_model(net, plan.prune, example).eval()
+        # BN re-estimation always; with finetune_epochs, KD recovery from the unpruned model on `dataset`
+        from lwdeploy.quantization.finetune import recover_for_export
+
+        net.lwdeploy_pruning["recovery"] = recover_for_export(
+            net, unpruned, images.calib, mean=info.mean, std=info.std, resolution=res, epochs=finetune_epochs,
+            dataset=dataset, trained=not random_weights, say=say)
+    elif finetune_epochs:
+        raise LwdeployError("--finetune-epochs recovers a model after --prune", "add --prune R, or use "
+                            "`lwdeploy finetune` to train an unpruned model")
     with torch.no_grad():
         reference = net(images.heldout)
     model_meta = {"name": info.name, "family": info.family, "spec": plan.model, "resolution": res,
@@ -210,7 +220,8 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
                   "weights": str(plan.weights) if plan.weights else ("pretrained" if plan.pretrained else
                                                                     "random init, BatchNorm statistics from calibration photos"
                                                                     if random_weights else "as built by the user's code"),
-                  "pruned": plan.prune or getattr(net, "lwdeploy_pruning", {}).get("ratio"), "paper": info.paper}
+                  "pruned": plan.prune or getattr(net, "lwdeploy_pruning", {}).get("ratio"), "paper": info.paper,
+                  "recovery": getattr(net, "lwdeploy_pruning", {}).get("recovery")}
     # a checkpoint MODEL names its artifacts after the file (mnv2_p0.3.pt → mnv2_p0.3_int8.tflite)
     base = Path(plan.model).stem if Path(plan.model).suffix in (".pt", ".pth") else info.name
     stem = artifact_stem(base, plan, res, info.resolution)

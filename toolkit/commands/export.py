@@ -48,6 +48,10 @@ def target_options(func):
 @click.option("--calib-samples", default=64, show_default=True, help="Calibration crops.")
 @click.option("--heldout-samples", default=64, show_default=True, help="Held-out crops for the fidelity check.")
 @click.option("--prune", type=float, help="Structured channel pruning ratio in (0, 1) before export.")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --prune: recovery epochs (knowledge distillation from the unpruned model) before export.")
+@click.option("--dataset", default="fashion-mnist", show_default=True,
+              help="Recovery data for --finetune-epochs: fashion-mnist or an image folder (root/<class>/<images>).")
 @click.option("--seed", default=0, show_default=True, help="Seed for random init, crops and calibration order.")
 @click.option("--keep-float", multiple=True, metavar="MODULE",
               help="With --int8: leave this PyTorch module path in float (repeatable), e.g. the layers the "
@@ -57,7 +61,8 @@ def target_options(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @target_options
 def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
-           calib_samples, heldout_samples, prune, seed, keep_float, jobs, as_json, **target_opts):
+           calib_samples, heldout_samples, prune, finetune_epochs, dataset, seed, keep_float, jobs, as_json,
+           **target_opts):
     """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
 
     Writes each artifact with a manifest (<artifact>.json) beside it: sha256, size, I/O spec,
@@ -79,7 +84,8 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
         manifests = run_export(model, targets, out_dir=out_dir, int8=int8, resolution=resolution, width=width,
                                num_classes=num_classes, weights=weights, pretrained=pretrained, calib=calib,
                                calib_samples=calib_samples, heldout_samples=heldout_samples, prune=prune,
-                               seed=seed, progress=progress, jobs=jobs,
+                               seed=seed, progress=progress, jobs=jobs, finetune_epochs=finetune_epochs,
+                               dataset=dataset,
                                options={**{k: v for k, v in target_opts.items() if v is not None},
                                         **({"keep_float": list(keep_float)} if keep_float else {})})
     console.print(summary_table(manifests))
