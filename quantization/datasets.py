@@ -93,6 +93,24 @@ class FashionMNIST(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def as_tensors(self, device="cpu", chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images at once: ((N, 1, R, R) grey in [0, 1], labels) on `device`.
+
+        Why: resizing one image per __getitem__ call costs more than a training step of a small net on a GPU;
+        resized in chunks here, the training loop only expands to 3 channels and normalises per batch
+        (`normalise`)."""
+        out = []
+        for i in range(0, len(self.labels), chunk):
+            x = self.images[i:i + chunk].to(device).float().div_(255.0)[:, None]
+            if self.resolution != 28:
+                x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+            out.append(x)
+        return torch.cat(out), self.labels.to(device)
+
+    def normalise(self, grey: torch.Tensor) -> torch.Tensor:
+        """(B, 1, R, R) grey from `as_tensors` → the (B, 3, R, R) normalised batch __getitem__ would give."""
+        return (grey.expand(-1, 3, -1, -1) - self.mean.to(grey.device)) / self.std.to(grey.device)
+
     def __getitem__(self, i: int):
         x = self.images[i].float().div_(255.0)[None, None]
         if self.resolution != 28:

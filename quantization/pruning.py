@@ -389,6 +389,41 @@ def _sync_channel_attributes(model: nn.Module) -> None:
             m.out_ch = m.primary.conv.out_channels + m.cheap.conv.out_channels
 
 
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batches, *, device: str | None = None) -> nn.Module:
+    """Recompute every BatchNorm's running mean/var on `batches` (a tensor of images or an iterable of image
+    batches / (images, labels) pairs); weights are untouched. Returns the model in eval mode.
+
+    Why after pruning: a BN's statistics describe its input, and removing channels upstream changes that input
+    (a consumer conv lost some of its input channels, so its outputs shift), while the stored statistics still
+    describe the unpruned network. Re-estimating them is free (forward passes only) and is the usual first
+    step before recovery training. Unlike the pipeline's `settle_batchnorm` (random-weight models, one batch,
+    leaves a cumulative momentum behind), this keeps every other module in eval mode (no dropout), averages
+    over all batches, and restores each BN's momentum so later fine-tuning behaves as usual.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model.eval()
+    dev = torch.device(device) if device else next(model.parameters()).device
+    model.to(dev)
+    momenta = [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over every batch given
+        bn.train()
+    seen = 0
+    for batch in ([batches] if isinstance(batches, torch.Tensor) else batches):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        model(x.to(dev))
+        seen += len(x)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    if seen == 0:
+        raise LwdeployError("no images to re-estimate BatchNorm statistics on", "pass calibration images")
+    return model.eval()
+
+
 def channel_report(model: nn.Module) -> list[tuple[str, int]]:
     """(name, out channels) of every conv/linear, for tables and tests."""
     return [(n, m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)

@@ -162,3 +162,32 @@ def test_cli_finetune_on_fashion_mnist(cli, tmp_path):
                        "--eval-samples", "64", "--out", out, "--json")
     assert code == 0, err
     assert out.is_file()
+
+
+@needs_fmnist
+def test_fashion_mnist_in_memory_batches_match_per_item_images():
+    ds = FashionMNIST(train=False, resolution=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), limit=16)
+    grey, labels = ds.as_tensors()
+    assert grey.shape == (16, 1, 32, 32) and torch.equal(labels, ds.labels)
+    batch = ds.normalise(grey[:4])
+    assert torch.allclose(batch, torch.stack([ds[i][0] for i in range(4)]), atol=1e-6)
+
+
+def test_export_prune_with_finetune_epochs_records_recovery(cli, tmp_path):
+    import json
+
+    data = tmp_path / "data"
+    _colour_folder(data, n=8)
+    out = tmp_path / "out"
+    code, _, err = cli("export", "mobilenet_v3_small_100", "--num-classes", "2", "-r", "32", "--prune", "0.3",
+                       "--finetune-epochs", "1", "--dataset", data, "--heldout-samples", "4", "--calib-samples",
+                       "8", "--out", out)
+    assert code == 0, err
+    assert "recovery: 1 epoch(s) on image folder" in err and "step" in err  # progress lines from the loop
+    manifest = json.loads(next(out.glob("*.tflite.json")).read_text()) if list(out.glob("*.tflite.json")) else \
+        json.loads(next(p for p in out.glob("*.json")).read_text())
+    rec = manifest["model"]["recovery"]
+    assert rec["finetune_epochs"] == 1 and rec["batchnorm"].startswith("re-estimated on 8")
+    assert rec["teacher"] is None  # random weights: nothing to distil, said so instead of pretending
+    code, _, err = cli("export", "mobilenet_v3_small_100", "--finetune-epochs", "1", "--out", tmp_path / "o2")
+    assert code == 2 and "after --prune" in err and "Traceback" not in err
