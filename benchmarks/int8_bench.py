@@ -312,6 +312,87 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
     return row
 
 
+def _has_hswish_or_se(model) -> bool:
+    from torch import nn
+
+    from lwdeploy.models import layers
+
+    kinds = (nn.Hardswish, nn.Hardsigmoid, layers.HardSwish, layers.HardSigmoid, layers.SqueezeExcite)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
+    """Issue #4's accuracy target: a zoo CNN trained briefly on Fashion-MNIST (small resolution), then its
+    int8 artifacts' test accuracy against the float model's (within 0.3 pt for ReLU6 models, 0.5 pt for
+    hard-swish/SE models). Calibration: the train split (calibration.fashion_mnist); test split held out."""
+    import lwdeploy.models as zoo
+    from lwdeploy.quantization.calibration import fashion_mnist
+    from lwdeploy.quantization.datasets import FashionMNIST
+    from lwdeploy.quantization.finetune import TrainConfig, train
+    from lwdeploy.quantization.lowering import lower
+
+    torch.manual_seed(args.seed)
+    info = zoo.get_info(name)
+    res = args.fashion_resolution
+    model = zoo.create(name, num_classes=10)
+    train_ds = FashionMNIST(train=True, resolution=res, mean=info.mean, std=info.std, limit=args.fashion_train)
+    say(f"{name}: training {args.fashion_epochs} epoch(s) on {len(train_ds)} Fashion-MNIST images at {res} px")
+    t0, c0 = time.perf_counter(), time.process_time()
+    train(model, train_ds, TrainConfig(epochs=args.fashion_epochs, batch_size=128, seed=args.seed), progress=False)
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    model.eval()
+    test_ds = FashionMNIST(train=False, resolution=res, mean=info.mean, std=info.std, limit=args.fashion_test)
+    x_test = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
+    y_test = test_ds.labels[: len(x_test)]
+    with torch.no_grad():
+        float_logits = torch.cat([model(x_test[i:i + 256]) for i in range(0, len(x_test), 256)])
+    float_acc = 100.0 * float((float_logits.argmax(1) == y_test).float().mean())
+    tolerance = 0.5 if _has_hswish_or_se(model) else 0.3
+    images = fashion_mnist(res, info.mean, info.std, n_calib=args.calib, n_heldout=1, seed=args.seed)
+    calib, example = images.calib_batches(), images.calib[:1].clone()
+    row: dict[str, Any] = {"model": name, "resolution": res, "fashion": True,
+                           "train": {"epochs": args.fashion_epochs, "images": len(train_ds),
+                                     "wall_s": round(train_s, 1), "cpu_s": round(train_cpu, 1)},
+                           "test_images": len(x_test), "float_acc": round(float_acc, 2),
+                           "tolerance_pt": tolerance, "calibration": images.describe(), "targets": {}}
+    for target in targets:
+        say(f"{name} / {target}: int8 export + {len(x_test)} test images")
+        try:
+            src = lower(model, target, int8=True)
+            if target == "tflite":
+                with contextlib.redirect_stdout(sys.stderr):
+                    path = export_tflite(src, example, work / f"{name}_fashion.tflite", int8=True, calib=calib)
+                out = tflite_run(path, x_test, args.threads)
+            else:
+                path, _ = export_executorch(src, example, work / f"{name}_fashion.pte", int8=True, calib=calib)
+                out = executorch_run(path, x_test)
+        except Exception as e:
+            row["targets"][target] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            continue
+        logits = torch.from_numpy(out).reshape(float_logits.shape)
+        acc = 100.0 * float((logits.argmax(1) == y_test).float().mean())
+        row["targets"][target] = {"int8_acc": round(acc, 2), "drop_pt": round(float_acc - acc, 2),
+                                  "met": float_acc - acc <= tolerance,
+                                  "top1_agreement": float((logits.argmax(1) == float_logits.argmax(1)).float().mean())}
+    return row
+
+
+def fashion_markdown(rows: list[dict]) -> str:
+    lines = ["| model | px | training | float acc % | target | int8 acc % | drop pt | allowed pt | met | "
+             "int8/float top-1 agreement |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tr = f"{r['train']['epochs']} ep × {r['train']['images']} img, {r['train']['cpu_s']:.0f} CPU s"
+        for target, v in r["targets"].items():
+            if "error" in v:
+                lines.append(f"| {r['model']} | {r['resolution']} | {tr} | {r['float_acc']:.2f} | {target} | FAILED: "
+                             f"{v['error']} | | | | |")
+                continue
+            lines.append(f"| {r['model']} | {r['resolution']} | {tr} | {r['float_acc']:.2f} | {target} | "
+                         f"{v['int8_acc']:.2f} | {v['drop_pt']:+.2f} | {r['tolerance_pt']} | "
+                         f"{'yes' if v['met'] else 'no'} | {v['top1_agreement']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Host: {meta['host']} · {meta['threads']} threads · load average at start {meta['loadavg']} · "
              f"{meta['rounds']} interleaved rounds · torch {meta['torch']}", "",
@@ -337,6 +418,30 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FASHION_START, FASHION_END = "<!-- fashion:start -->", "<!-- fashion:end -->"
+
+
+def write_docs(path: Path, *, main: str | None = None, fashion: str | None = None, command: str = "") -> None:
+    """(Re)write the docs page: the latency/size/fidelity table from a normal run, the Fashion-MNIST accuracy
+    table from a --fashion run; each run replaces its own part and keeps the other."""
+    from lwdeploy.atomic import write_bytes
+
+    old = path.read_text() if path.exists() else ""
+    if fashion is None and FASHION_START in old:
+        fashion = old.split(FASHION_START, 1)[1].split(FASHION_END, 1)[0].strip("\n") + "\n"
+    if main is None:
+        main = old.split(FASHION_START, 1)[0] if FASHION_START in old else old
+        main = main.split("\n", 2)[2] if main.startswith("# int8") else main
+    else:
+        main = (f"Generated by `{command}`.\n\n" if command else "") + main
+    page = "# int8 vs float (generated by benchmarks/int8_bench.py)\n\n" + main.rstrip("\n") + "\n"
+    if fashion:
+        page += ("\n## Fashion-MNIST: int8 accuracy vs float (`python benchmarks/int8_bench.py --fashion ...`)\n\n"
+                 f"{FASHION_START}\n{fashion.rstrip()}\n{FASHION_END}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, page.encode())
+
+
 def main(argv=None) -> int:
     import lwdeploy.models as zoo
 
@@ -357,6 +462,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--docs", type=Path, help="also write this markdown page (e.g. docs/int8.md)")
+    p.add_argument("--fashion", action="store_true",
+                   help="Fashion-MNIST accuracy mode: train each model briefly, compare int8 artifacts' test accuracy")
+    p.add_argument("--fashion-resolution", type=int, default=32)
+    p.add_argument("--fashion-epochs", type=int, default=1)
+    p.add_argument("--fashion-train", type=int, default=20000, help="training images (first N of the train split)")
+    p.add_argument("--fashion-test", type=int, default=10000, help="test images (first N of the test split)")
     args = p.parse_args(argv)
     if args.quick:
         args.calib, args.heldout, args.rounds = min(args.calib, 16), min(args.heldout, 32), min(args.rounds, 30)
@@ -374,19 +485,27 @@ def main(argv=None) -> int:
 
     console = Console(stderr=True)
     rows = []
+    bench = bench_fashion if args.fashion else bench_model
     with tempfile.TemporaryDirectory() as d, console.status("starting") as status:
         for name in names:
-            rows.append(bench_model(name, targets, args, Path(d), lambda m: (status.update(m), console.log(m))))
+            rows.append(bench(name, targets, args, Path(d), lambda m: (status.update(m), console.log(m))))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     from lwdeploy.atomic import write_json
 
-    write_json(args.out / f"int8_{stamp}.json", {"meta": meta, "rows": rows})
+    kind = "int8_fashion" if args.fashion else "int8"
+    write_json(args.out / f"{kind}_{stamp}.json", {"meta": meta, "rows": rows})
+    if args.fashion:
+        table = fashion_markdown(rows)
+        (args.out / f"{kind}_{stamp}.md").write_text(table)
+        if args.docs:
+            write_docs(args.docs, fashion=table)
+        print(table)
+        return 0
     table = markdown(rows, meta)
     (args.out / f"int8_{stamp}.md").write_text(table)
     if args.docs:
-        args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text("# int8 vs float (generated by benchmarks/int8_bench.py)\n\n" + table)
+        write_docs(args.docs, main=table, command=" ".join(["python benchmarks/int8_bench.py", *sys.argv[1:]]))
     print(table)
     return 0
 
