@@ -62,6 +62,8 @@ def parse_args(argv=None):
     ap.add_argument("--finetune-lr", type=float, default=1e-3, help="recovery AdamW peak learning rate (cosine)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--bn-samples", type=int, default=2048, help="training images for BatchNorm re-estimation")
+    ap.add_argument("--latency-ratios", nargs="+", type=float, help="ratios converted and timed (default: all "
+                    "--ratios; params/MACs are reported for every ratio either way)")
     ap.add_argument("--latency-resolution", type=int, default=224, help="input size of the timed int8 artifacts")
     ap.add_argument("--calib", type=int, default=32, help="calibration images for int8 (Fashion-MNIST train)")
     ap.add_argument("--warmup", type=int, default=100, help="untimed invokes per artifact (TFLite int8 is slow "
@@ -253,6 +255,8 @@ def latency_stage(name: str, args, console) -> dict:
             out["variants"][f"{ratio:g}"] = {"error": str(e)}
     for key, m in variants.items():
         out["variants"].setdefault(key, {}).update(params=count_params(m), macs=count_macs(m, res))
+    timed_keys = {"unpruned"} | {f"{r:g}" for r in (args.latency_ratios or args.ratios)}
+    variants = {k: m for k, m in variants.items() if k in timed_keys}
     x = calib[0].clone()
     with tempfile.TemporaryDirectory() as d:
         for target in TARGETS:

@@ -233,8 +233,9 @@ def test_pruned_model_exports_to_tflite_float(tmp_path):
 
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", list_models())
-def test_zoo_sweep_prunes_and_exports_or_says_why(name, tmp_path):
-    """Every zoo model (new families included automatically): pruned and exported, or one clear reason."""
+def test_zoo_sweep_prunes_and_exports_or_says_why(name, tmp_path, cli):
+    """Every zoo model (new families included automatically): pruned and exported to TFLite float, or — for
+    one that cannot be pruned — `lwdeploy prune` says why in one line and exits 2 (then xfail names it)."""
     res = max(64, get_info(name).resolution // 4)
     torch.manual_seed(0)
     model = create(name, num_classes=10)
@@ -243,8 +244,44 @@ def test_zoo_sweep_prunes_and_exports_or_says_why(name, tmp_path):
     except LwdeployError as e:
         msg = str(e)
         assert "\n" not in msg and ("cannot" in msg or "nothing" in msg), msg
+        code, _, err = cli("prune", name, "--num-classes", "10", "--ratio", "0.3", "-r", str(res),
+                           "--out", tmp_path / "x.pt")
+        assert code == 2 and "Traceback" not in err and ("cannot" in err or "nothing" in err), err
+        assert not (tmp_path / "x.pt").exists()
         pytest.xfail(f"{name} cannot be pruned: {msg}")
     assert count_params(pruned) < count_params(model)
     assert pruned.lwdeploy_pruning["check"] in ("masked-equivalent",) or \
         pruned.lwdeploy_pruning["check"].startswith("not checked")
     _tflite_float_export(pruned, name, res, tmp_path)
+
+
+def test_batchnorm_reestimation_matches_the_pruned_inputs_and_keeps_momentum():
+    torch.manual_seed(0)
+    model = create("mobilenet_v2_100", num_classes=10).eval()
+    images = torch.randn(16, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+    pruning.reestimate_batchnorm(model, images)            # a "trained" unpruned net: stats fit its inputs
+    pruned = prune(model, 0.3, _example())
+    bns = [m for m in pruned.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 0.05
+    seen = {}
+    hooks = [bn.register_forward_hook(lambda m, i, o: seen.setdefault(m, i[0].detach())) for bn in bns]
+    with torch.no_grad():
+        pruned.eval()(images)                                 # the inputs each BN really gets after pruning
+    for h in hooks:
+        h.remove()
+    stale = max((seen[bn].mean((0, 2, 3)) - bn.running_mean).abs().max().item() for bn in bns)
+    pruning.reestimate_batchnorm(pruned, images.split(4))     # batches: a cumulative average over all of them
+    fresh = max((seen[bn].mean((0, 2, 3)) - bn.running_mean).abs().max().item() for bn in bns[:1])
+    assert fresh < 1e-4 < stale, (fresh, stale)               # the first BN's input is unchanged by BN updates
+    assert all(bn.momentum == 0.05 for bn in bns) and not pruned.training
+    var = seen[bns[0]].var((0, 2, 3), unbiased=True)
+    assert torch.allclose(bns[0].running_var, var, rtol=1e-2)  # mean of per-batch variances ≈ pooled
+
+
+def test_model_that_cannot_be_pruned_is_one_line_exit_2(cli, tmp_path, monkeypatch):
+    # a zoo-style model whose only prunable conv is the classifier head: nothing left to prune
+    code, _, err = cli("prune", "mobilenet_v3_small_100", "--ratio", "0.3", "-r", "32", "--round-to", "4096",
+                       "--out", tmp_path / "x.pt")
+    assert code == 2 and "Traceback" not in err
+    assert "could be pruned" in err and len([l for l in err.strip().splitlines() if l.strip()]) <= 2, err
