@@ -42,10 +42,12 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target(
             "tflite", "LiteRT (TensorFlow Lite)", ".tflite", "lwdeploy.converters.tflite:TFLiteConverter",
-            runs_on_host=True, int8=True, fp16=False,
-            description="litert-torch → .tflite flatbuffer; int8 via litert's PT2EQuantizer; "
-            "verified with the LiteRT interpreter (XNNPACK)",
+            runs_on_host=True, int8=True, fp16=True,
+            description="litert-torch → .tflite flatbuffer; int8 via litert's PT2EQuantizer; float16 weights via "
+            "ai-edge-quantizer; verified with the LiteRT interpreter (XNNPACK)",
             options=(
+                TargetOption("fp16", bool, False, "float16 weights (tflite: FLOAT16 constants + DEQUANTIZE, float32 "
+                             "arithmetic; coreml: float16 compute precision)"),
                 TargetOption("nhwc", bool, False, "NHWC (1,H,W,3) input and no layout TRANSPOSE at the input"),
                 TargetOption("metadata", bool, True, "store labels + normalisation in the .tflite metadata"),
             ),
@@ -57,6 +59,8 @@ TARGETS: dict[str, Target] = {
             "XNNPACKQuantizer; verified with the ExecuTorch runtime",
             options=(
                 TargetOption("etrecord", bool, True, "write an ETRecord beside the .pte (maps profiler events to PyTorch modules)"),
+                TargetOption("delegate", str, "xnnpack", "backend the .pte delegates to: xnnpack (CPU, verified here) or "
+                             "coreml (Apple ANE/GPU/CPU; structural checks only off macOS)", choices=("xnnpack", "coreml")),
             ),
         ),
         Target(
@@ -65,7 +69,8 @@ TARGETS: dict[str, Target] = {
             description="coremltools → .mlpackage with an RGB ImageType input that applies the "
             "normalisation; W8A8 via PT2E; structural checks only off macOS",
             options=(
-                TargetOption("fp16", bool, False, "float16 compute precision (default float32, closest to PyTorch)"),
+                TargetOption("fp16", bool, False, "float16 weights (tflite: FLOAT16 constants + DEQUANTIZE, float32 "
+                             "arithmetic; coreml: float16 compute precision)"),
                 TargetOption("classifier", bool, False, "classifier outputs (classLabel + probabilities) with labels"),
                 TargetOption("min_target", str, "iOS17", "minimum deployment target",
                              choices=("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")),

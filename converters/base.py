@@ -25,6 +25,10 @@ class ExportRequest:
     calib: list[torch.Tensor] = field(default_factory=list)   # normalised (1,3,H,W) calibration inputs
     labels: list[str] | None = None
     options: dict[str, Any] = field(default_factory=dict)     # target-specific (e.g. fp16, nhwc)
+    # int8 only: an already calibrated PT2E program (quantization.QuantizedModel) to use instead of quantizing
+    # `model` again; it takes the same normalised input as `model`. The pipeline shares one between targets
+    # that annotate alike (ExecuTorch XNNPACK and Core ML W8A8), so calibration runs once.
+    quantized: Any = None
 
 
 @dataclass
@@ -36,6 +40,7 @@ class ConversionResult:
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)   # conversion-time facts (delegate partitions…)
     extra_files: list[Path] = field(default_factory=list)   # written beside the artifact (e.g. ETRecord)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)  # stage → {wall_s, cpu_s} (timing.py)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Verification:
     fidelity: dict[str, Any] | None = None      # max_abs_diff, top1_agreement, top5_containment, n
     latency_ms: dict[str, float] | None = None  # median (and p10/p90) host latency
     notes: list[str] = field(default_factory=list)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)  # stage → {wall_s, cpu_s} (timing.py)
 
 
 class Converter(ABC):

@@ -32,7 +32,8 @@ from lwdeploy.atomic import atomic_path
 from lwdeploy.errors import LwdeployError
 
 from .base import ConversionResult, Converter, ExportRequest, Verification
-from .diagnose import unsupported_operator
+from .diagnose import explain_failure
+from .timing import StageTimer
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 _TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
@@ -60,16 +61,23 @@ class _Softmax(nn.Module):
         return torch.softmax(self.model(x), dim=-1)
 
 
-def prepare_normalisation(model: nn.Module, example: torch.Tensor, mean, std) -> tuple[nn.Module, dict[str, Any]]:
-    """Return (model taking ImageType's output, ImageType args + a description). Never mutates `model`."""
+def prepare_normalisation(model: nn.Module, example: torch.Tensor, mean, std,
+                          fold: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Return (model taking ImageType's output, ImageType args + a description). Never mutates `model`.
+
+    fold=False never touches the model's weights (an int8 program shared with ExecuTorch is already
+    quantized for normalised input): 1/std then stays one per-channel multiply in front of it.
+    """
     std_t = torch.tensor(std, dtype=torch.float32)
     if torch.allclose(std_t, std_t[0].expand(3)):
         s = float(std_t[0])
         return model, {"scale": 1 / (255 * s), "bias": [-m / s for m in mean], "in_model_scale": None,
                        "how": f"ImageType scale 1/(255·{s:g}), bias −mean/std (exact: std equal on all channels)"}
-    model = copy.deepcopy(model)
-    conv = _first_conv_on_input(model, example)
     image_args = {"scale": 1 / 255, "bias": [-m for m in mean], "in_model_scale": (1 / std_t).tolist()}
+    conv = None
+    if fold:
+        model = copy.deepcopy(model)
+        conv = _first_conv_on_input(model, example)
     if conv is not None:
         with torch.no_grad():
             conv.weight.mul_((1 / std_t).view(1, 3, 1, 1).to(conv.weight.dtype))
@@ -124,13 +132,17 @@ class CoreMLConverter(Converter):
         import coremltools as ct
 
         t0 = time.perf_counter()
+        timer = StageTimer()
         opts = {"fp16": False, "classifier": False, "min_target": "iOS17", "quantizer": "coreml", **req.options}
         if opts["min_target"] not in _TARGETS:
             raise LwdeployError(f"unknown Core ML deployment target {opts['min_target']!r}", f"one of {', '.join(_TARGETS)}")
         if req.int8 and opts["min_target"] in ("iOS16", "macOS13"):
             raise LwdeployError(f"int8 activations need Core ML 7 (iOS17/macOS14); got {opts['min_target']}",
                                 "use --min-target iOS17 or export without --int8")
-        model, image = prepare_normalisation(req.model.eval(), req.example, req.info.mean, req.info.std)
+        shared = req.quantized if req.int8 else None
+        base_model = shared.module if shared is not None else req.model.eval()
+        model, image = prepare_normalisation(base_model, req.example, req.info.mean, req.info.std,
+                                             fold=shared is None)
         to_model_input = _to_model_input(image, req.info)
         example = to_model_input(req.example)
         notes = [f"normalisation: {image['how']}"]
@@ -144,34 +156,40 @@ class CoreMLConverter(Converter):
         quantization: dict[str, Any] = {"scheme": "none (float32)" if not opts["fp16"] else "none (float16 compute)"}
         exported = None
         try:
-            if req.int8:
+            if shared is not None:
+                quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **shared.scheme,
+                                "shared": "the calibrated PT2E program is shared with the ExecuTorch export (same "
+                                "XNNPACK annotation rules and lowering): calibrated once"}
+            elif req.int8:
                 from lwdeploy.quantization import quantize
 
                 qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"],
-                              keep_float=req.options.get("keep_float"))
+                              keep_float=req.options.get("keep_float"), timings=timer)
                 model = qm.module
                 quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **qm.scheme}
-            exported = torch.export.export(model, (example,))
-            exported = _strip_alias(exported.run_decompositions({}))
+            with timer("torch_export"):
+                exported = torch.export.export(model, (example,))
+                exported = _strip_alias(exported.run_decompositions({}))
             kwargs: dict[str, Any] = {}
             if opts["classifier"]:
                 kwargs["classifier_config"] = ct.ClassifierConfig(labels)
             else:
                 kwargs["outputs"] = [ct.TensorType(name=OUTPUT_NAME)]
-            mlmodel = ct.convert(
-                exported,
-                inputs=[ct.ImageType(name=INPUT_NAME, shape=tuple(req.example.shape), scale=image["scale"],
-                                     bias=image["bias"], color_layout=ct.colorlayout.RGB)],
-                convert_to="mlprogram",
-                minimum_deployment_target=getattr(ct.target, opts["min_target"]),
-                compute_precision=ct.precision.FLOAT16 if opts["fp16"] else ct.precision.FLOAT32,
-                skip_model_load=True,          # nothing can load it on Linux; on macOS the app compiles it
-                **kwargs,
-            )
+            with timer("ct_convert"):
+                mlmodel = ct.convert(
+                    exported,
+                    inputs=[ct.ImageType(name=INPUT_NAME, shape=tuple(req.example.shape), scale=image["scale"],
+                                         bias=image["bias"], color_layout=ct.colorlayout.RGB)],
+                    convert_to="mlprogram",
+                    minimum_deployment_target=getattr(ct.target, opts["min_target"]),
+                    compute_precision=ct.precision.FLOAT16 if opts["fp16"] else ct.precision.FLOAT32,
+                    skip_model_load=True,          # nothing can load it on Linux; on macOS the app compiles it
+                    **kwargs,
+                )
         except LwdeployError:
             raise
         except Exception as e:
-            err = unsupported_operator(e, self.name, graph=exported, model=model, example=example)
+            err = explain_failure(e, self.name, graph=exported, model=model, example=example)
             if err is not None:
                 raise err from e
             raise
@@ -182,28 +200,68 @@ class CoreMLConverter(Converter):
             "lwdeploy.normalisation": image["how"],
             "lwdeploy.labels": "\n".join(labels) if labels else "",
         })
-        # Reproducibility: drop the conversion date coremltools stamps into the metadata. The .mlpackage
-        # Manifest.json still keys its two items by fresh random UUIDs on every save, so the folder is not
-        # byte-identical across runs; model.mlmodel and weights/weight.bin are (checked in the tests).
+        # Reproducibility: drop the conversion date coremltools stamps into the metadata, and replace the random
+        # item UUIDs of the package's Manifest.json by ones derived from the items' contents (below).
         mlmodel.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
-        with atomic_path(req.out_path) as tmp:
+        with timer("save"), atomic_path(req.out_path) as tmp:
             mlmodel.save(str(tmp))
+            deterministic_manifest(tmp)
         notes.append(f"compute precision {'float16' if opts['fp16'] else 'float32'}; minimum target {opts['min_target']}")
         if req.int8:
             notes.append("int8: PT2E Q/DQ graph converted by coremltools — constexpr_affine_dequantize int8 weights, "
                          "quantize/dequantize activations")
         return ConversionResult(req.out_path, self.name, quantization, notes, round(time.perf_counter() - t0, 2),
-                                details={"image_input": {k: image[k] for k in ("scale", "bias", "in_model_scale")}})
+                                details={"image_input": {k: image[k] for k in ("scale", "bias", "in_model_scale")},
+                                         "reproducible": "byte-identical for the same command and seed (tested): the "
+                                         "conversion date is dropped and Manifest.json's item ids are uuid5 of each "
+                                         "item's path + content instead of coremltools' random uuid4"},
+                                timings=timer.as_dict())
 
     def verify(self, path: Path, inputs: torch.Tensor, reference: torch.Tensor) -> Verification:
-        checks = inspect_mlpackage(path)
+        timer = StageTimer()
+        with timer("inspect"):
+            checks = inspect_mlpackage(path)
         expected_classes = int(reference.shape[-1])
         out_shapes = [o.get("shape") for o in checks["outputs"] if o.get("shape")]
         checks["output_matches_reference_classes"] = any(s and s[-1] == expected_classes for s in out_shapes) or \
             checks.get("classifier", False)
         notes = ["Core ML cannot run on Linux: structural checks only; numerical fidelity and latency need macOS "
                  "(coremltools MLModel.predict) or a device"]
-        return Verification(False, checks, None, None, notes)
+        return Verification(False, checks, None, None, notes, timings=timer.as_dict())
+
+
+def deterministic_manifest(package: Path | str) -> dict[str, str]:
+    """Rename the .mlpackage's item identifiers to UUIDs derived from each item's path and content.
+
+    coremltools' ModelPackage writer keys Manifest.json's items by fresh random UUIDs (uuid4) on every save —
+    the only bytes that differ between two identical exports. The identifiers are opaque keys: Core ML looks
+    the root model up by `rootModelIdentifier` in `itemInfoEntries` and reads each item by its `path`; nothing
+    else refers to them. A name-based UUID (uuid5 of the item's path and the sha256 of its files) is just as
+    valid and unique within the package, and stable, so the same export gives the same bytes.
+    Returns {old id: new id}.
+    """
+    import hashlib
+    import json
+    import uuid
+
+    package = Path(package)
+    manifest_file = package / "Manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    renamed: dict[str, str] = {}
+    entries = {}
+    for old_id, item in manifest["itemInfoEntries"].items():
+        item_path = package / "Data" / item["path"]
+        files = [item_path] if item_path.is_file() else sorted(p for p in item_path.rglob("*") if p.is_file())
+        digest = hashlib.sha256(item["path"].encode())
+        for f in files:
+            digest.update(str(f.relative_to(package)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        new_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "lwdeploy-mlpackage-item:" + digest.hexdigest()))
+        renamed[old_id] = new_id
+        entries[new_id] = item
+    manifest["itemInfoEntries"] = dict(sorted(entries.items()))
+    manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
+    manifest_file.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    return renamed
 
 
 def _to_model_input(image: dict[str, Any], info) -> Any:

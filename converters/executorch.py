@@ -20,8 +20,9 @@ from lwdeploy.atomic import atomic_path
 from lwdeploy.errors import LwdeployError
 
 from .base import ConversionResult, Converter, ExportRequest, Verification
-from .diagnose import unsupported_operator
+from .diagnose import explain_failure
 from .fidelity import compare, time_calls
+from .timing import StageTimer
 
 WARMUP, TIMED_RUNS = 20, 50
 _NON_OPS = {"executorch_call_delegate", "getitem", "<built-in function getitem>"}
@@ -36,10 +37,18 @@ class ExecuTorchStages:
     delegation: dict[str, Any]   # read from `edge` before to_executorch (which adds memory-planning nodes)
 
 
+def _op_key(target: Any) -> str:
+    """'convolution' for aten ops, 'namespace::op' for others (edge ops print as a long schema otherwise)."""
+    name = target.name() if callable(getattr(target, "name", None)) else getattr(target, "__name__", str(target))
+    return name[len("aten::"):] if name.startswith("aten::") else name
+
+
 def delegation_of(edge: Any) -> dict[str, Any]:
-    """How much of the graph XNNPACK took: partitions, and which ops stayed outside (run by portable kernels)."""
+    """How much of the graph the delegate took: partitions, the ops inside them (from each lowered module's
+    original graph), and which ops stayed outside (run by portable kernels)."""
     gm = edge.exported_program().graph_module
     outside: collections.Counter[str] = collections.Counter()
+    inside: collections.Counter[str] = collections.Counter()
     partitions = 0
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -47,39 +56,73 @@ def delegation_of(edge: Any) -> dict[str, Any]:
         name = getattr(node.target, "__name__", str(node.target))
         if "executorch_call_delegate" in name:
             partitions += 1
+            lowered = getattr(gm, str(node.args[0].target), None)
+            original = getattr(lowered, "original_module", None)
+            for inner in (original.graph_module.graph.nodes if original is not None else ()):
+                inner_name = getattr(inner.target, "__name__", str(inner.target))
+                if inner.op == "call_function" and "getitem" not in inner_name:
+                    inside[_op_key(inner.target)] += 1
         elif name not in _NON_OPS and "getitem" not in name:
-            outside[str(node.target).replace("aten.", "").split(".default")[0]] += 1
-    return {"delegate_partitions": partitions, "ops_outside_delegate": dict(outside.most_common())}
+            outside[_op_key(node.target)] += 1
+    return {"delegate_partitions": partitions, "ops_in_delegate": dict(inside.most_common()),
+            "ops_outside_delegate": dict(outside.most_common())}
+
+
+def _partitioner(delegate: str, req: ExportRequest):
+    """XNNPACK (runs here and on Android/iOS CPUs) or Core ML (iOS/macOS only: ANE/GPU/CPU)."""
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return XnnpackPartitioner()
+    if delegate == "coreml":
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        target = req.options.get("min_target", "iOS17")
+        specs = CoreMLBackend.generate_compile_specs(
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=ct.precision.FLOAT16 if req.options.get("fp16") else ct.precision.FLOAT32,
+        )
+        return CoreMLPartitioner(compile_specs=specs)
+    raise LwdeployError(f"unknown ExecuTorch delegate {delegate!r}", "use --delegate xnnpack or --delegate coreml")
 
 
 class ExecuTorchConverter(Converter):
     name = "executorch"
     suffix = ".pte"
 
-    def lower(self, req: ExportRequest, generate_etrecord: bool = False) -> ExecuTorchStages:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    def lower(self, req: ExportRequest, generate_etrecord: bool = False,
+              timer: StageTimer | None = None) -> ExecuTorchStages:
         from executorch.exir import to_edge_transform_and_lower
 
+        timer = timer or StageTimer()
         model, example = req.model.eval(), req.example
         quantization: dict[str, Any] = {"scheme": "none (float32)"}
         graph_for_errors = None
+        delegate = req.options.get("delegate", "xnnpack")
+        partitioner = _partitioner(delegate, req)
         try:
             if req.int8:
                 from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "executorch", req.calib, keep_float=req.options.get("keep_float"))
+                qm = req.quantized or quantize(model, example, "executorch", req.calib,
+                                               keep_float=req.options.get("keep_float"), timings=timer)
                 model = qm.module
                 quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
-            exported = torch.export.export(model, (example,))
+            with timer("torch_export"):
+                exported = torch.export.export(model, (example,))
             graph_for_errors = exported
-            edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
-                                               generate_etrecord=generate_etrecord)
-            delegation = delegation_of(edge)
-            program = edge.to_executorch()
+            with timer("to_edge_transform_and_lower"):
+                edge = to_edge_transform_and_lower(exported, partitioner=[partitioner],
+                                                   generate_etrecord=generate_etrecord)
+            delegation = {"delegate": delegate, **delegation_of(edge)}
+            with timer("to_executorch"):
+                program = edge.to_executorch()
         except LwdeployError:
             raise
         except Exception as e:
-            err = unsupported_operator(e, self.name, graph=graph_for_errors, model=req.model, example=example)
+            err = explain_failure(e, self.name, graph=graph_for_errors, model=req.model, example=example)
             if err is not None:
                 raise err from e
             raise
@@ -87,29 +130,48 @@ class ExecuTorchConverter(Converter):
 
     def convert(self, req: ExportRequest) -> ConversionResult:
         t0 = time.perf_counter()
+        timer = StageTimer()
         want_etrecord = bool(req.options.get("etrecord", True))
-        stages = self.lower(req, generate_etrecord=want_etrecord)
-        with atomic_path(req.out_path) as tmp:
+        stages = self.lower(req, generate_etrecord=want_etrecord, timer=timer)
+        with timer("serialize"), atomic_path(req.out_path) as tmp:
             tmp.write_bytes(stages.program.buffer)
         details = stages.delegation
-        notes = [f"XNNPACK delegate: {details['delegate_partitions']} partition(s); outside the delegate: "
+        notes = [f"{details['delegate']} delegate: {details['delegate_partitions']} partition(s); outside the delegate: "
                  + (", ".join(f"{k}×{v}" for k, v in details["ops_outside_delegate"].items()) or "nothing")]
         extra: list[Path] = []
         if want_etrecord:
             etrecord_path = req.out_path.with_suffix(".etrecord")
-            with atomic_path(etrecord_path) as tmp:
+            with timer("etrecord_save"), atomic_path(etrecord_path) as tmp:
                 stages.program.get_etrecord().save(str(tmp))
             extra.append(etrecord_path)
             notes.append(f"ETRecord written to {etrecord_path.name} (link runtime ETDump events to the graph)")
+        details["reproducible"] = {
+            ".pte": "byte-identical for the same command and seed (tested)",
+            **({".etrecord": "NOT byte-identical run to run: ExecuTorch stores Python object ids (id() of FX graphs) "
+                "as graph_id in each node's provenance ('from_node') and as export_graph_id, and the zip members "
+                "carry the save time. The Inspector only needs those ids to agree within one file, which they do; "
+                "the .pte it describes is identical"} if want_etrecord else {}),
+        }
         return ConversionResult(req.out_path, self.name, stages.quantization, notes,
-                                round(time.perf_counter() - t0, 2), details=details, extra_files=extra)
+                                round(time.perf_counter() - t0, 2), details=details, extra_files=extra,
+                                timings=timer.as_dict())
 
     def verify(self, path: Path, inputs: torch.Tensor, reference: torch.Tensor) -> Verification:
         from executorch.runtime import Runtime
 
-        checks = inspect_pte(path)
+        timer = StageTimer()
+        with timer("inspect"):
+            checks = inspect_pte(path)
+        if "CoreMLBackend" in checks["delegates"]:
+            # The Core ML delegate runs only where Core ML does (iOS/macOS): the ExecuTorch runtime here has no
+            # CoreMLBackend, so loading would fail. Say so and report the structure instead of numbers.
+            checks["loads"] = "not attempted: CoreMLBackend needs iOS/macOS"
+            return Verification(False, checks, None, None, [
+                "Core ML-delegate .pte: structural checks only on Linux (delegates and the kernels outside them, "
+                "read from the file); fidelity and latency need an Apple device or macOS"], timings=timer.as_dict())
         try:
-            method = Runtime.get().load_program(Path(path)).load_method("forward")
+            with timer("load"):
+                method = Runtime.get().load_program(Path(path)).load_method("forward")
         except RuntimeError as e:
             # The XNNPACK delegate compiles its graph at load time and can refuse it (e.g.
             # xnn_status_unsupported_parameter for an int8 requantization scale out of its range). The
@@ -119,12 +181,14 @@ class ExecuTorchConverter(Converter):
                 "the ExecuTorch runtime could not load this program (XNNPACK refused it at init; see the "
                 "runtime log above, e.g. 'XNN Runtime creation failed'): no fidelity or latency"])
         checks["loads"] = "ok"
-        outputs = [method.execute((x.unsqueeze(0).contiguous(),))[0] for x in inputs]
-        output = torch.cat([o.reshape(1, -1) for o in outputs])
+        with timer("fidelity"):
+            outputs = [method.execute((x.unsqueeze(0).contiguous(),))[0] for x in inputs]
+            output = torch.cat([o.reshape(1, -1) for o in outputs])
         example = (inputs[:1].contiguous(),)
-        latency = time_calls(lambda: method.execute(example), WARMUP, TIMED_RUNS)
+        with timer("latency"):
+            latency = time_calls(lambda: method.execute(example), WARMUP, TIMED_RUNS)
         notes = [f"ExecuTorch Python runtime (pybindings), XNNPACK; latency after {WARMUP} warm-up runs"]
-        return Verification(True, checks, compare(output, reference), latency, notes)
+        return Verification(True, checks, compare(output, reference), latency, notes, timings=timer.as_dict())
 
 
 def inspect_pte(path: Path | str) -> dict[str, Any]:

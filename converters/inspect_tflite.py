@@ -96,6 +96,8 @@ def inspect_tflite(path: Path | str) -> dict[str, Any]:
         "transpose": histogram.get("TRANSPOSE", 0),
         "quantize": histogram.get("QUANTIZE", 0),
         "dequantize": histogram.get("DEQUANTIZE", 0),
+        # float16 weights (--fp16): FLOAT16 constants, each read through a DEQUANTIZE op
+        "float16_tensors": sum(graph.Tensors(i).Type() == schema.TensorType.FLOAT16 for i in range(graph.TensorsLength())),
         "conv_ops": len(conv_only),
         "conv_ops_int8": sum(c["int8"] for c in conv_only),
         "fully_connected_int8": [c["int8"] for c in convs if c["op"] == "FULLY_CONNECTED"],

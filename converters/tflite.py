@@ -19,8 +19,9 @@ from lwdeploy.atomic import atomic_path
 from lwdeploy.errors import LwdeployError
 
 from .base import ConversionResult, Converter, ExportRequest, Verification
-from .diagnose import unsupported_operator
+from .diagnose import explain_failure
 from .fidelity import compare, time_calls
+from .timing import StageTimer
 from .inspect_tflite import METADATA_NAME, add_metadata, inspect_tflite
 
 # int8 XNNPACK kernels in LiteRT reach steady state only after ~100 invokes (weight repacking and cache
@@ -37,7 +38,11 @@ class TFLiteConverter(Converter):
         import litert_torch
 
         t0 = time.perf_counter()
-        opts = {"nhwc": False, "metadata": True, **req.options}
+        timer = StageTimer()
+        opts = {"nhwc": False, "metadata": True, "fp16": False, **req.options}
+        if opts["fp16"] and req.int8:
+            raise LwdeployError("tflite: --fp16 (float16 weights) and --int8 are two different precisions",
+                                "export once with --fp16 and once with --int8, or leave one out")
         model, example, calib = req.model.eval(), req.example, list(req.calib)
         notes: list[str] = []
         if opts["nhwc"]:
@@ -54,30 +59,51 @@ class TFLiteConverter(Converter):
 
                 from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"))
-                edge = litert_torch.convert(qm.module, (example,), quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
+                qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"), timings=timer)
+                with timer("litert_convert"):
+                    edge = litert_torch.convert(qm.module, (example,),
+                                                quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
                 quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
             else:
-                edge = litert_torch.convert(model, (example,))
+                with timer("litert_convert"):
+                    edge = litert_torch.convert(model, (example,))
         except LwdeployError:
             raise
         except Exception as e:
-            err = unsupported_operator(e, self.name, model=model, example=example)
+            err = explain_failure(e, self.name, model=model, example=example)
             if err is not None:
                 raise err from e
             raise
-        data = edge.model_content()
+        with timer("serialize"):
+            data = edge.model_content()
+        details: dict = {"reproducible": "byte-identical for the same command and seed (tested)"}
+        if opts["fp16"]:
+            from .tflite_fp16 import float16_weights
+
+            with timer("float16_weights"):
+                data16 = float16_weights(data)
+            details["float16"] = {"float32_bytes": len(data), "float16_bytes": len(data16),
+                                  "size_ratio": round(len(data16) / len(data), 3)}
+            data = data16
+            quantization = {"scheme": "float16 weights (post-training), float32 activations and arithmetic",
+                            "weights": "FLOAT16 constants for CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED/"
+                            "TRANSPOSE_CONV, each read through a DEQUANTIZE op (the TFLite fp16 form XNNPACK runs)",
+                            "tool": "ai-edge-quantizer FLOAT_CASTING", **details["float16"]}
+            notes.append(f"float16 weights: {details['float16']['size_ratio']:.2f}× the float32 model's size")
         if opts["metadata"]:
             data = add_metadata(data, {METADATA_NAME: json.dumps(_metadata(req, opts)).encode()})
             notes.append(f"labels + normalisation stored as JSON in .tflite metadata entry {METADATA_NAME!r}")
         with atomic_path(req.out_path) as tmp:
             tmp.write_bytes(data)
-        return ConversionResult(req.out_path, self.name, quantization, notes, round(time.perf_counter() - t0, 2))
+        return ConversionResult(req.out_path, self.name, quantization, notes, round(time.perf_counter() - t0, 2),
+                                details=details, timings=timer.as_dict())
 
     def verify(self, path: Path, inputs: torch.Tensor, reference: torch.Tensor) -> Verification:
         from ai_edge_litert.interpreter import Interpreter
 
-        checks = inspect_tflite(path)
+        timer = StageTimer()
+        with timer("inspect"):
+            checks = inspect_tflite(path)
         notes: list[str] = []
         # AUTO op resolver = builtin kernels with the XNNPACK delegate applied by default (float and int8).
         interp = Interpreter(model_path=str(path), num_threads=THREADS)
@@ -106,17 +132,19 @@ class TFLiteConverter(Converter):
             return _quantize(a, inp)
 
         outputs = []
-        for x in inputs:
-            interp.set_tensor(inp["index"], to_input(x))
-            interp.invoke()
-            outputs.append(_dequantize(interp.get_tensor(out["index"]), out))
+        with timer("fidelity"):
+            for x in inputs:
+                interp.set_tensor(inp["index"], to_input(x))
+                interp.invoke()
+                outputs.append(_dequantize(interp.get_tensor(out["index"]), out))
         output = torch.from_numpy(np.concatenate(outputs).reshape(len(outputs), -1))
         int8 = inp["dtype"] == np.int8 or checks["conv_ops_int8"] > 0
         interp.set_tensor(inp["index"], to_input(inputs[0]))
-        latency = time_calls(interp.invoke, WARMUP_INT8 if int8 else WARMUP_FLOAT, TIMED_RUNS)
+        with timer("latency"):
+            latency = time_calls(interp.invoke, WARMUP_INT8 if int8 else WARMUP_FLOAT, TIMED_RUNS)
         runtime = "XNNPACK" if checks["xnnpack"] == "delegated" else "builtin kernels"
         notes.insert(0, f"LiteRT interpreter, {runtime}, {THREADS} threads; latency after {latency['warmup']} warm-up invokes")
-        return Verification(True, checks, compare(output, reference), latency, notes)
+        return Verification(True, checks, compare(output, reference), latency, notes, timings=timer.as_dict())
 
 
 def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:

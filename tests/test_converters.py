@@ -125,6 +125,30 @@ def test_tflite_nhwc_input_has_no_layout_transpose(net, data, tmp_dir):
     assert any("NHWC" in n for n in result.notes)
 
 
+def test_tflite_fp16_weights_halve_size_and_match_float(net, data, tmp_dir):
+    fp32, plain = export("tflite", False, net, data, tmp_dir)
+    result, ver = export("tflite", False, net, data, tmp_dir, fp16=True)
+    c = ver.checks
+    # the TFLite fp16 form: every conv/FC weight a FLOAT16 constant read through a DEQUANTIZE op
+    n_weights = c["conv_ops"] + len(c["fully_connected_int8"])
+    assert c["float16_tensors"] == n_weights == c["dequantize"] == 8, c["op_histogram"]
+    assert plain.checks["float16_tensors"] == 0 and plain.checks["dequantize"] == 0
+    assert c["inputs"][0]["dtype"] == "float32" and c["xnnpack"] == "delegated"
+    f16 = result.details["float16"]
+    assert f16["float16_bytes"] < f16["float32_bytes"] and f16["size_ratio"] < 0.85  # tiny net: graph overhead
+    assert result.quantization["scheme"].startswith("float16 weights")
+    # float16 weights carry ~11 bits of mantissa: logits stay very close to float32
+    assert ver.fidelity["sqnr_db"] > 40 and ver.fidelity["top1_agreement"] == 1.0, ver.fidelity
+
+
+def test_tflite_fp16_and_int8_are_exclusive(net, data, tmp_dir):
+    x, _, calib = data
+    req = ExportRequest(net, x[:1], tiny.INFO, tmp_dir / "both.tflite", int8=True, calib=calib, options={"fp16": True})
+    with pytest.raises(LwdeployError, match="fp16"):
+        get_converter("tflite").convert(req)
+    assert not (tmp_dir / "both.tflite").exists()
+
+
 # ---------------------------------------------------------------- ExecuTorch
 
 
@@ -162,6 +186,24 @@ def test_executorch_stages_are_typed_values(net, data, tmp_dir):
     assert isinstance(stages.program, ExecutorchProgramManager)
     assert stages.delegation["delegate_partitions"] == 1
     assert all("dim_order" in op for op in stages.delegation["ops_outside_delegate"]), stages.delegation
+
+
+def test_executorch_coreml_delegate_is_checked_structurally(net, data, tmp_dir):
+    result, ver = export("executorch", False, net, data, tmp_dir, delegate="coreml", etrecord=False)
+    d = result.details
+    assert d["delegate"] == "coreml" and d["delegate_partitions"] >= 1
+    convs = d["ops_in_delegate"].get("conv2d", 0) + d["ops_in_delegate"].get("convolution", 0)
+    assert convs == 7, d  # the convolutions went to Core ML
+    assert ver.checks["delegates"].get("CoreMLBackend") == d["delegate_partitions"]
+    assert ver.ran_on_host is False and ver.fidelity is None and ver.latency_ms is None
+    assert "iOS/macOS" in ver.checks["loads"] and any("structural" in n for n in ver.notes)
+
+
+def test_executorch_unknown_delegate_is_a_user_error(net, data, tmp_dir):
+    x, _, _ = data
+    with pytest.raises(LwdeployError, match="delegate"):
+        get_converter("executorch").convert(ExportRequest(net, x[:1], tiny.INFO, tmp_dir / "bad.pte",
+                                                          options={"delegate": "npu"}))
 
 
 # ---------------------------------------------------------------- Core ML (structural on Linux)
@@ -246,6 +288,53 @@ def test_unsupported_operator_error_names_op_and_module():
     assert unsupported_operator(RuntimeError("out of memory"), "tflite", model=model, example=x) is None
 
 
+def test_failure_on_a_node_names_operator_module_target_and_hint():
+    """A converter that breaks while processing a graph node (no 'unsupported' in its message — e.g. coremltools'
+    numpy TypeError) still yields operator, PyTorch module, target and a hint, found from the traceback."""
+    from lwdeploy.converters.diagnose import explain_failure
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish())
+
+        def forward(self, x):
+            return self.body(x)
+
+    model, x = Odd().eval(), torch.randn(1, 3, 8, 8)
+    graph = torch.export.export(model, (x,))
+
+    def fake_converter():  # walks the graph like the converters' frontends do, and breaks on hardswish
+        for node in graph.graph.nodes:
+            if node.op == "call_function" and "hardswish" in str(node.target):
+                raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+
+    try:
+        fake_converter()
+    except TypeError as e:
+        err = explain_failure(e, "coreml", graph=graph)
+    assert isinstance(err, LwdeployError)
+    assert "coreml" in err.message and "hardswish" in err.message and "body.1 (Hardswish)" in err.message
+    assert "TypeError: only 0-dimensional" in err.message and "--target" in err.hint
+
+    class CoremlNode:  # coremltools' InternalTorchIRNode: kind + outputs (named after the exported node)
+        kind, outputs = "hardswish", ["hardswish"]
+
+    def frontend():
+        node = CoremlNode()  # noqa: F841  (found in this frame's locals)
+        raise ValueError("bad shape")
+
+    try:
+        frontend()
+    except ValueError as e:
+        err = explain_failure(e, "coreml", graph=graph)
+    assert "operator hardswish in module body.1 (Hardswish)" in err.message, err.message
+    try:
+        raise RuntimeError("disk full")
+    except RuntimeError as e:  # no node anywhere: a plain bug, not dressed up as an operator problem
+        assert explain_failure(e, "tflite", graph=graph) is None
+
+
 # ---------------------------------------------------------------- zoo model (heavy)
 
 
@@ -272,17 +361,25 @@ def test_zoo_model_int8_per_target(target, tmp_path):
 # ---------------------------------------------------------------- reproducibility
 
 
-@pytest.mark.parametrize("target", ["tflite", pytest.param("executorch", marks=pytest.mark.heavy),
-                                    pytest.param("coreml", marks=pytest.mark.heavy)])
+@pytest.mark.parametrize("target", ["tflite", "executorch", "coreml"])
 def test_same_export_twice_gives_identical_bytes(target, net, data, tmp_dir):
+    from lwdeploy.manifest import sha256_of
+
     first, _ = export(target, False, net, data, tmp_dir)
     x, _, _ = data
     conv = get_converter(target)
     again = conv.convert(ExportRequest(net, x[:1].clone(), tiny.INFO, tmp_dir / f"again{conv.suffix}",
-                                       labels=LABELS)).path
+                                       labels=LABELS))
+    # the whole artifact: for the .mlpackage folder every file incl. Manifest.json (content-derived item ids)
+    assert sha256_of(first.path) == sha256_of(again.path)
+    assert "byte-identical" in str(first.details["reproducible"])
     if target == "coreml":
-        # the package's Manifest.json names its items by random UUIDs; the model and weights must match
-        for part in ("Data/com.apple.CoreML/model.mlmodel", "Data/com.apple.CoreML/weights/weight.bin"):
-            assert (first.path / part).read_bytes() == (again / part).read_bytes(), part
-    else:
-        assert first.path.read_bytes() == again.read_bytes()
+        import json
+
+        from lwdeploy.converters.coreml import inspect_mlpackage
+
+        manifest = json.loads((again.path / "Manifest.json").read_text())
+        assert manifest["rootModelIdentifier"] in manifest["itemInfoEntries"]
+        assert inspect_mlpackage(again.path)["conv_ops"] == 7  # coremltools still reads the package
+    if target == "executorch":  # the ETRecord holds Python object ids: the manifest says so
+        assert "id()" in first.details["reproducible"][".etrecord"]

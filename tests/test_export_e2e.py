@@ -3,6 +3,8 @@
 import hashlib
 import json
 
+import pytest
+
 
 def test_export_int8_tflite_and_float_executorch(cli, tmp_path):
     out = tmp_path / "out"
@@ -31,13 +33,39 @@ def test_export_int8_tflite_and_float_executorch(cli, tmp_path):
     # nothing half-written or temporary left behind
     assert sorted(p.name for p in out.iterdir()) == [art.name, art.name + ".json"]
 
-    # two targets: converted in two worker processes, verified one after the other
+    # two targets: converted in two processes, verified one after the other
     code, stdout, err = cli("export", "mobilenet_v3_small", "-r", "64", "-t", "executorch", "-t", "coreml",
                             "--calib-samples", "8", "--heldout-samples", "8", "--out", out, "--json", "--jobs", "2")
     assert code == 0, err
-    assert "in 2 processes" in err
+    assert "(2 processes)" in err
     m, coreml = json.loads(stdout)
     assert coreml["artifact"]["file"].endswith("_fp32.mlpackage") and coreml["verification"]["ran_on_host"] is False
     assert m["artifact"]["file"].endswith("_fp32.pte")
     assert m["verification"]["fidelity"]["max_abs_diff"] < 1e-3  # float export matches PyTorch
     assert (out / m["artifact"]["file"].replace(".pte", ".etrecord")).exists()
+    # per-stage wall/CPU seconds in every manifest (the matrix shows the slowest stage)
+    assert m["timings"]["convert"]["to_edge_transform_and_lower"]["cpu_s"] > 0
+    assert coreml["timings"]["convert"]["ct_convert"]["wall_s"] > 0
+    assert "reference_forward" in m["timings"]["shared"] and "inspect" in coreml["timings"]["verify"]
+
+
+@pytest.mark.heavy  # ExecuTorch int8 lowering costs ~40 CPU-s even for a tiny graph
+def test_int8_executorch_and_coreml_share_one_calibration(cli, tmp_path):
+    """int8 ExecuTorch + Core ML: one lowering and one calibrated PT2E program, handed to a worker process for
+    Core ML (torch.export.save bytes); both artifacts int8."""
+    out = tmp_path / "out"
+    code, stdout, err = cli("export", "mobilenet_v2", "-w", "0.5", "-r", "32", "--int8", "-t", "executorch",
+                            "-t", "coreml", "--calib-samples", "8", "--heldout-samples", "8", "--out", out, "--json",
+                            "--jobs", "2", "--no-etrecord")
+    assert code == 0, err
+    assert "quantizing once" in err and "handing the calibrated int8 program to a worker" in err
+    et, coreml = json.loads(stdout)
+    # calibrated once: only ExecuTorch's manifest books the PT2E stages, Core ML's says it shares them
+    assert et["timings"]["convert"]["quantize.calibrate"]["cpu_s"] > 0
+    assert not any(k.startswith("quantize.") for k in coreml["timings"]["convert"])
+    assert "shared" in coreml["quantization"] and coreml["quantization"]["calibration_images"] == 8
+    assert et["quantization"]["calibration_images"] == 8
+    assert coreml["verification"]["checks"]["int8"] is True
+    assert et["verification"]["checks"]["delegates"] == {"XnnpackBackend": 1}
+    # random weights at 32 px: int8 logits are noisy; a broken scale or zero point gives cosine ≲ 0.4
+    assert et["verification"]["fidelity"]["cosine"] > 0.6, et["verification"]["fidelity"]

@@ -25,6 +25,9 @@ def test_matrix_runs_and_records_failures(tmp_path):
     rows = {r["model"]: r for r in result["rows"]}
     ok = rows["mobilenet_v3_small_100"]
     assert ok["ok"] and ok["size_mb"] > 0 and ok["latency_ms"] > 0 and ok["top1_agreement"] == 1.0
+    # per-stage CPU seconds from the manifest: the slowest conversion stage is named in the table
+    assert ok["convert_cpu_s"] > 0 and ok["stage_cpu_s"]["litert_convert"] > 0
+    assert ok["slowest_stage"].split()[0] in ok["stage_cpu_s"]
     bad = rows["dicenet_050"]
     assert not bad["ok"] and "32" in bad["error"]
     assert result["summary"]["cells"] == 2 and result["summary"]["ok"] == 1
@@ -33,6 +36,7 @@ def test_matrix_runs_and_records_failures(tmp_path):
     assert saved["summary"] == result["summary"]
     md = (out / "matrix.md").read_text()
     assert "| mobilenet_v3_small_100 | tflite | fp32 | ✅ |" in md and "## Failures" in md
+    assert "slowest stage (CPU s)" in md and ok["slowest_stage"] in md
     assert "<table>" in (out / "matrix.html").read_text()
 
 
@@ -50,3 +54,19 @@ def test_renderers_escape_errors():
                         "error": "unsupported op <aten.foo> in blocks.1"}]}
     assert "&lt;aten.foo&gt;" in to_html(result)
     assert "unsupported op <aten.foo> in blocks.1" in to_markdown(result)
+
+
+def test_conversion_groups_share_int8_calibration_between_executorch_and_coreml():
+    from pathlib import Path
+
+    from lwdeploy.pipeline import ExportPlan, conversion_groups
+
+    def groups(targets, int8, **options):
+        return conversion_groups(ExportPlan("m", targets, Path("."), int8=int8, options=options))
+
+    all3 = ["tflite", "executorch", "coreml"]
+    assert groups(all3, True) == [["executorch", "coreml"], ["tflite"]]
+    assert groups(all3, False) == [["executorch"], ["tflite"], ["coreml"]]
+    # coremltools' own quantizer annotates differently: no sharing
+    assert groups(all3, True, quantizer="coreml-native") == [["executorch"], ["tflite"], ["coreml"]]
+    assert groups(["coreml", "tflite"], True) == [["tflite"], ["coreml"]]

@@ -75,8 +75,19 @@ def _row(model: str, precision: str, m: dict, elapsed: float) -> dict:
         "quantize": checks.get("quantize", ops.get("QUANTIZE")),
         "partitions": checks.get("delegate_partitions"),
         "export_s": round(sum((m.get("timings_s") or {}).values()), 1),
+        **_stage_summary((m.get("timings") or {}).get("convert") or {}),
     })
     return row
+
+
+def _stage_summary(stages: dict) -> dict:
+    """Conversion CPU seconds and the slowest stage (manifest `timings.convert`: stage → {wall_s, cpu_s})."""
+    if not stages:
+        return {}
+    name, slowest = max(stages.items(), key=lambda kv: kv[1].get("cpu_s", 0))
+    return {"convert_cpu_s": round(sum(v.get("cpu_s", 0) for v in stages.values()), 1),
+            "slowest_stage": f"{name} {slowest.get('cpu_s', 0):.0f}",
+            "stage_cpu_s": {k: v.get("cpu_s") for k, v in stages.items()}}
 
 
 def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions: Sequence[str], out_dir: Path,
@@ -142,7 +153,8 @@ def _failed(model: str, target: str, precision: str, why: str) -> dict:
 
 COLUMNS = [("model", "model"), ("target", "target"), ("precision", "prec"), ("ok", "ok"), ("size_mb", "MB"),
            ("latency_ms", "host ms"), ("top1_agreement", "top-1 agree"), ("transpose", "TRANSPOSE"),
-           ("quantize", "QUANTIZE"), ("partitions", "partitions"), ("export_s", "export s")]
+           ("quantize", "QUANTIZE"), ("partitions", "partitions"), ("export_s", "export s"),
+           ("convert_cpu_s", "convert CPU s"), ("slowest_stage", "slowest stage (CPU s)")]
 
 
 def _fmt(key: str, v) -> str:

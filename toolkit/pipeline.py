@@ -185,21 +185,26 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
                                  Path(weights) if weights else None, pretrained, (calib if str(calib) == "fashion-mnist" else Path(calib)) if calib else None,
                                  calib_samples, heldout_samples, prune, seed, dict(options or {}), jobs))
     from lwdeploy.converters import TARGETS, get_converter
+    from lwdeploy.converters.timing import StageTimer
     from lwdeploy.models.complexity import count_macs, count_params
     from lwdeploy.quantization import calibration
 
+    shared = StageTimer()  # stages done once for all targets (in this process)
     say(f"building {plan.model}")
-    net, info = build_model(plan)
+    with shared("build_model"):
+        net, info = build_model(plan)
     res = plan.resolution or info.resolution
-    images = calibration.load(plan.calib, res, info.mean, info.std, plan.calib_samples, plan.heldout_samples,
-                              plan.seed)
+    with shared("load_images"):
+        images = calibration.load(plan.calib, res, info.mean, info.std, plan.calib_samples, plan.heldout_samples,
+                                  plan.seed)
     say(f"images: {images.source} — {len(images.calib)} calibration / {len(images.heldout)} held-out crops")
     example = images.heldout[:1].clone()
     random_weights = (not plan.weights and not plan.pretrained and ":" not in plan.model
                       and Path(plan.model).suffix not in (".pt", ".pth"))
     if random_weights:
         say("random weights: re-estimating BatchNorm statistics on the calibration photos")
-        settle_batchnorm(net, images.calib)
+        with shared("settle_batchnorm"):
+            settle_batchnorm(net, images.calib)
     if plan.prune:
         say(f"pruning {plan.prune:.0%} of channels")
         unpruned, net = net, prune_model(net, plan.prune, example).eval()
@@ -212,10 +217,17 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     elif finetune_epochs:
         raise LwdeployError("--finetune-epochs recovers a model after --prune", "add --prune R, or use "
                             "`lwdeploy finetune` to train an unpruned model")
+    reference = None
+
+    def reference_forward():  # float logits for the fidelity check; overlaps the workers' start-up
+        nonlocal reference
+        with torch.no_grad(), shared("reference_forward"):
+            reference = net(images.heldout)
+
     with torch.no_grad():
-        reference = net(images.heldout)
+        n_classes = int(net(example).shape[-1])
     model_meta = {"name": info.name, "family": info.family, "spec": plan.model, "resolution": res,
-                  "width": plan.width or 1.0, "num_classes": int(reference.shape[-1]),
+                  "width": plan.width or 1.0, "num_classes": n_classes,
                   "params": count_params(net), "macs": count_macs(net, res),
                   "weights": str(plan.weights) if plan.weights else ("pretrained" if plan.pretrained else
                                                                     "random init, BatchNorm statistics from calibration photos"
@@ -227,18 +239,19 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     stem = artifact_stem(base, plan, res, info.resolution)
     manifests = []
     out_paths = {t: plan.out_dir / f"{stem}{TARGETS[t].suffix}" for t in plan.targets}
-    converted = _convert_all(plan, net, info, example, images, out_paths, say)
+    with shared("convert_all"):
+        converted = _convert_all(plan, net, info, example, images, out_paths, say, reference_forward)
     for target in plan.targets:
         out_path = out_paths[target]
         try:
             with captured_native_output():  # importing and running the converter stacks is noisy in C++
                 conv = get_converter(target)
-                outcome = converted.get(target)
+                outcome = converted[target]
                 if isinstance(outcome, BaseException):
                     raise outcome
-                result, convert_s = outcome or _convert(target, net, info, example, images, out_path, plan, say)
+                result, convert_s = outcome
                 manifest = _verify_and_record(conv, target, result, convert_s, info, images, reference, out_path,
-                                              plan, model_meta, say)
+                                              plan, model_meta, say, shared.as_dict())
         except Exception as e:
             if not keep_going:
                 raise
@@ -251,62 +264,229 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     return manifests
 
 
-def _convert(target, net, info, example, images, out_path, plan, say=None):
-    """Lower → (quantize) → convert for one target; returns (ConversionResult, seconds)."""
+def conversion_groups(plan: ExportPlan) -> list[list[str]]:
+    """Targets converted together in one process, longest first.
+
+    int8 ExecuTorch and Core ML annotate with the same rules (XNNPACKQuantizer's; see quantization/pt2e.py
+    `_coreml_quantizer`), so they share one lowering (ExecuTorch's) and ONE calibrated PT2E program: torch.export,
+    prepare, 64 calibration forwards and convert_pt2e run once instead of twice. Core ML's own CoreMLQuantizer
+    (--quantizer coreml-native) keeps its own pass.
+    """
+    share = (plan.int8 and "executorch" in plan.targets and "coreml" in plan.targets
+             and plan.options.get("quantizer") in (None, "coreml"))
+    groups = [["executorch", "coreml"]] if share else []
+    groups += [[t] for t in plan.targets if not (share and t in ("executorch", "coreml"))]
+    cost = {"executorch": 3, "tflite": 2, "coreml": 1}  # measured order of conversion time (GhostNet int8)
+    return sorted(groups, key=lambda g: -sum(cost.get(t, 1) for t in g))
+
+
+def _convert(target, net, info, example, images, out_path, plan, say=None, quantized=None, lowered=None):
+    """Lower → (quantize) → convert for one target; returns (ConversionResult, seconds).
+    `quantized`: a calibrated PT2E program shared with another target (then `net` is not lowered again)."""
     from lwdeploy.converters import get_converter
     from lwdeploy.converters.base import ExportRequest
+    from lwdeploy.converters.timing import StageTimer
 
     if say:
-        say(f"{target}: lowering and {'quantizing + ' if plan.int8 else ''}converting")
+        say(f"{target}: {'lowering and ' if quantized is None else ''}"
+            f"{'quantizing + ' if plan.int8 and quantized is None else ''}converting")
     t0 = time.perf_counter()
-    lowered = lower_for(net, target, plan.int8)
+    timer = StageTimer()
+    with timer("import_converter"):
+        conv = get_converter(target)
+    if lowered is None:
+        with timer("lower"):
+            lowered = quantized.module if quantized is not None else lower_for(net, target, plan.int8)
     req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
-                        calib=images.calib_batches() if plan.int8 else [],
-                        options={k: v for k, v in plan.options.items() if v is not None})
-    result = get_converter(target).convert(req)
+                        calib=images.calib_batches() if plan.int8 and quantized is None else [],
+                        options={k: v for k, v in plan.options.items() if v is not None}, quantized=quantized)
+    result = conv.convert(req)
+    timer.merge(result.timings)
+    result.timings = timer.as_dict()
     return result, time.perf_counter() - t0
 
 
+@dataclass
+class _Shared:
+    """One group's lowering + calibrated int8 program, and what making them cost (booked on its first target)."""
+
+    lowered: object
+    quantized: object
+    timer: object
+    seconds: float
+
+
+def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shared:
+    from lwdeploy.converters.timing import StageTimer
+    from lwdeploy.quantization import quantize
+
+    t0 = time.perf_counter()
+    if say:
+        say(f"{' + '.join(targets)}: lowering and quantizing once for all of them")
+    timer = StageTimer()
+    with timer("lower"):
+        lowered = lower_for(net, targets[0], plan.int8)
+    quantized = quantize(lowered, example, targets[0], images.calib_batches(),
+                         keep_float=plan.options.get("keep_float"), timings=timer)
+    return _Shared(lowered, quantized, timer, time.perf_counter() - t0)
+
+
+def _convert_group(targets, net, info, example, images, out_paths, plan, say=None, shared=None) -> dict:
+    """Convert `targets` one after another in this process; {target: (result, seconds) or the exception}.
+    A group of several shares the lowering and the calibrated int8 program (conversion_groups)."""
+    out: dict = {}
+    if len(targets) > 1 and shared is None:
+        try:
+            shared = _shared_quantization(targets, net, example, images, plan, say)
+        except Exception as e:  # the same failure would hit every target of the group
+            return {t: e for t in targets}
+    for target in targets:
+        try:
+            result, seconds = _convert(target, net, info, example, images, out_paths[target], plan, say,
+                                       quantized=shared and shared.quantized, lowered=shared and shared.lowered)
+            out[target] = (result, seconds)
+        except Exception as e:  # re-raised (or recorded) in target order by the caller
+            out[target] = e
+    return out
+
+
+def _book_shared(out: dict, target: str, shared) -> None:
+    """Add the group's shared lowering/calibration to `target`'s timings (once per group)."""
+    if shared is None or not isinstance(out.get(target), tuple):
+        return
+    result, seconds = out[target]
+    shared.timer.merge(result.timings)
+    result.timings = shared.timer.as_dict()
+    out[target] = (result, seconds + shared.seconds)
+
+
+def _picklable(out: dict) -> dict:
+    import pickle
+
+    for target, value in out.items():  # an exception that cannot be pickled would lose every result
+        try:
+            pickle.dumps(value)
+        except Exception:
+            out[target] = RuntimeError(f"{type(value).__name__}: {value}")
+    return out
+
+
 def _convert_worker(*args):
-    """Child process: one target's conversion, one intra-op thread (the other worker has the other core)."""
+    """Child process: one group's conversions, one intra-op thread (the parent has the other core)."""
     torch.set_num_threads(1)
     with captured_native_output():
-        return _convert(*args)
+        return _picklable(_convert_group(*args))
 
 
-def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say) -> dict:
-    """Convert several targets at once in worker processes (conversion is mostly single-threaded Python and
-    MLIR work, so two targets take about the time of one on two cores). Verification stays sequential in this
-    process so host latencies are measured on a quiet machine. Returns {} when running sequentially."""
+def _convert_worker_program(target, program: bytes, scheme: dict, info, example, images, out_path, plan):
+    """Child process: convert `target` from a calibrated int8 program made in the parent (torch.export.save
+    bytes; an FX GraphModule itself does not pickle)."""
+    import io
+
+    import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops the program calls)
+
+    from lwdeploy.quantization.pt2e import QuantizedModel
+
+    torch.set_num_threads(1)
+    with captured_native_output():
+        try:
+            module = torch.export.load(io.BytesIO(program)).module()
+            quantized = QuantizedModel(module=module, quantizer=None, scheme=scheme)
+            out = {target: _convert(target, None, info, example, images, out_path, plan, quantized=quantized)}
+        except Exception as e:
+            out = {target: e}
+    return _picklable(out)
+
+
+def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, while_converting=None) -> dict:
+    """Convert every target: {target: (result, seconds) or exception}.
+
+    Conversion is mostly single-threaded Python and MLIR work, so groups run at once: the longest group in
+    this process, the others in worker processes (spawned: a fresh interpreter; importing the converter
+    stacks costs each a few seconds). When this process's group shares one calibrated int8 program
+    (ExecuTorch + Core ML), it calibrates, then hands the program to the workers for the group's other
+    targets (Core ML queues behind TFLite) and keeps only ExecuTorch's long lowering for itself.
+    `while_converting()` runs here once this process's own conversions are done (the float reference forward
+    overlaps the workers' last conversions). Verification stays sequential in the caller so host latencies
+    are measured on a quiet machine.
+    """
     import os
     import pickle
 
-    jobs = min(plan.jobs or (os.cpu_count() or 1), len(plan.targets))
+    groups = conversion_groups(plan)
+    n_processes = len(groups) + (1 if len(groups[0]) > 1 else 0)
+    jobs = min(plan.jobs or (os.cpu_count() or 1), n_processes)
+    if jobs >= 2:
+        try:
+            pickle.dumps((net, info, images))  # models from a user's file.py cannot cross into a child process
+        except Exception:
+            jobs = 1
+    out: dict = {}
     if jobs < 2:
-        return {}
-    try:
-        pickle.dumps((net, info, images))  # models from a user's file.py cannot cross into a child process
-    except Exception:
-        return {}
+        if while_converting:
+            while_converting()
+        for group in groups:
+            shared = None
+            if len(group) > 1:
+                try:
+                    shared = _shared_quantization(group, net, example, images, plan, say)
+                except Exception as e:
+                    out.update({t: e for t in group})
+                    continue
+            with captured_native_output():
+                out.update(_convert_group(group, net, info, example, images, out_paths, plan, say, shared))
+            _book_shared(out, group[0], shared)
+        return out
+    import io
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    say(f"converting for {', '.join(plan.targets)} in {jobs} processes")
-    out: dict = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {t: pool.submit(_convert_worker, t, net, info, example, images, out_paths[t], plan)
-                   for t in plan.targets}
-        for target, fut in futures.items():
-            try:
-                out[target] = fut.result()
-                say(f"{target}: converted in {out[target][1]:.0f} s")
-            except Exception as e:  # re-raised (or recorded) in target order by the caller
-                out[target] = e
+    say(f"converting for {', '.join(plan.targets)}: {' | '.join(' + '.join(g) for g in groups)} "
+        f"({jobs} processes)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers have the other core(s)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=mp.get_context("spawn")) as pool:
+            futures = [(g, pool.submit(_convert_worker, g, net, info, example, images, out_paths, plan))
+                       for g in groups[1:]]
+            mine, shared = groups[0], None
+            if len(mine) > 1:
+                try:
+                    with captured_native_output():
+                        shared = _shared_quantization(mine, net, example, images, plan, say)
+                        ep = torch.export.export(shared.quantized.module, (example,))
+                        buf = io.BytesIO()
+                        torch.export.save(ep, buf)
+                    for target in mine[1:]:
+                        say(f"{target}: handing the calibrated int8 program to a worker process")
+                        futures.append(([target], pool.submit(_convert_worker_program, target, buf.getvalue(),
+                                                              shared.quantized.scheme, info, example, images,
+                                                              out_paths[target], plan)))
+                    mine = mine[:1]
+                except Exception as e:
+                    out.update({t: e for t in mine})
+                    mine = []
+            if mine:
+                with captured_native_output():
+                    out.update(_convert_group(mine, net, info, example, images, out_paths, plan, say, shared))
+                _book_shared(out, mine[0], shared)
+            if while_converting:  # this process's part is done: the rest overlaps the workers
+                while_converting()
+            for group, fut in futures:
+                try:
+                    out.update(fut.result())
+                except Exception as e:  # the worker itself died
+                    out.update({t: e for t in group})
+    finally:
+        torch.set_num_threads(threads)
+    for target, value in out.items():
+        if not isinstance(value, BaseException):
+            say(f"{target}: converted in {value[1]:.0f} s")
     return out
 
 
 def _verify_and_record(conv, target, result, convert_s, info, images, reference, out_path, plan, model_meta,
-                       say) -> dict:
+                       say, shared_timings: dict | None = None) -> dict:
     """Verify one artifact on the host and write its manifest."""
     say(f"{target}: verifying {out_path.name}")
     t1 = time.perf_counter()
@@ -326,6 +506,10 @@ def _verify_and_record(conv, target, result, convert_s, info, images, reference,
                          "checks": ver.checks, "notes": ver.notes + result.notes,
                          "heldout": {"source": images.source, "images": len(images.heldout)}},
         "timings_s": {"convert": round(convert_s, 2), "verify": round(time.perf_counter() - t1, 2)},
+        # per stage {wall_s, cpu_s}: `convert` in the process that converted this target (a group's shared lowering
+        # and int8 calibration are booked on its first target), `shared` once for all targets in the main process
+        # (convert_all: the wall time of all conversions, run in parallel)
+        "timings": {"shared": shared_timings or {}, "convert": result.timings, "verify": ver.timings},
         "tools": tool_versions(),
     }
     write_json(manifest_path(out_path), manifest)
