@@ -347,6 +347,7 @@ def markdown(report: dict) -> str:
         for k in (acc.get("ratios") or {}):
             if k not in keys:
                 keys.append(k)
+        keys = ["unpruned"] + sorted(keys[1:], key=float)
         for key in keys:
             v = (lat.get("variants") or {}).get(key, {})
             a = (acc.get("ratios") or {}).get(key, {}) if key != "unpruned" else {}
