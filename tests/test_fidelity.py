@@ -124,3 +124,24 @@ def test_relu6_outputs_are_quantized_on_zero_to_six(target):
     assert "conv" in str(conv.target) and "quantize" not in " ".join(str(u.target) for u in conv.users)
     q = [u for u in clamps[0].users if "quantize_per_tensor" in str(u.target)]
     assert q and q[0].args[1] == pytest.approx(6 / 255) and q[0].args[2] == -128
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_hardswish_add_relu6_is_one_fused_int8_op(target):
+    """lowering's hard-swish x·(relu6(x + 3)·⅙): F.relu6 exports as aten.relu6 (not hardtanh). Its ADD must not
+    be quantized on its own range: the quantize sits after the clamp on [0, 6], so XNNPACK fuses the clamp
+    into the ADD (before: a separate Clamp op + requantization per hard-swish in ExecuTorch)."""
+    pytest.importorskip("executorch" if target == "executorch" else "litert_torch", reason=f"{target} not installed")
+    from lwdeploy.quantization.lowering import lower
+    from lwdeploy.quantization.pt2e import quantize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(6, 3, 16, 16) * 3
+    gm = quantize(lower(model, target), x[:1], target, [x[i:i + 1] for i in range(6)]).module
+    relu6 = [n for n in gm.graph.nodes if n.op == "call_function" and "relu6" in str(n.target)]
+    assert len(relu6) == 1
+    add = relu6[0].args[0]
+    assert "add" in str(add.target), "the clamp must read the ADD directly (no quantize/dequantize between)"
+    q = [u for u in relu6[0].users if "quantize_per_tensor" in str(u.target)]
+    assert q and q[0].args[1] == pytest.approx(6 / 255) and q[0].args[2] == -128
