@@ -78,7 +78,7 @@ def prune(model, ratio, round_to, importance, resolution, width, num_classes, we
     if finetune_epochs:
         f = summary["finetune"]
         console.print(f"accuracy on {f['eval_source']}: teacher {f['teacher_acc']:.2f}%  pruned {f['pruned_acc']:.2f}%"
-                      f"  recovered {f['recovered_acc']:.2f}%")
+                      f"  BN re-estimated {f['bn_reestimated_acc']:.2f}%  recovered {f['recovered_acc']:.2f}%")
     console.print(f"[green]wrote[/] {path}")
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
@@ -95,9 +95,18 @@ def _recover(pruned, teacher, data, res, model_name, epochs, train_samples, eval
     eval_set = open_dataset(data, train=False, resolution=res, mean=info.mean, std=info.std, limit=eval_samples)
     teacher_acc = evaluate(teacher, eval_set, progress=True, console=console)
     pruned_acc = evaluate(pruned, eval_set, progress=True, console=console)
+    # fresh BatchNorm statistics first: removed channels shifted every downstream BN's input
+    from torch.utils.data import DataLoader, Subset
+
+    from lwdeploy.quantization.pruning import reestimate_batchnorm
+
+    n_bn = min(len(train_set), 1024)
+    reestimate_batchnorm(pruned, DataLoader(Subset(train_set, range(n_bn)), batch_size=128))
+    bn_acc = evaluate(pruned, eval_set, progress=True, console=console)
     result = train(pruned, train_set, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
                    teacher=teacher, console=console)
     recovered = evaluate(pruned, eval_set, progress=True, console=console)
     return {"epochs": epochs, "train_source": train_set.source, "eval_source": eval_set.source,
-            "teacher_acc": teacher_acc, "pruned_acc": pruned_acc, "recovered_acc": recovered,
+            "teacher_acc": teacher_acc, "pruned_acc": pruned_acc, "bn_reestimated_acc": bn_acc,
+            "bn_samples": n_bn, "recovered_acc": recovered,
             "seconds": round(result.seconds, 1), "history": result.history}
