@@ -97,3 +97,51 @@ def wrap(quantizer: Quantizer, keep_float: Iterable[str] | None, model: torch.nn
             raise LwdeployError(f"keep_float: no module named {', '.join(map(repr, bad))}",
                                 f"use module paths as in model.named_modules(), e.g. {sample}")
     return KeepFloat(quantizer, paths)
+
+
+# ------------------------------------------------------------------------------ automatic choice in a budget
+
+def layer_macs(model: torch.nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of every Conv2d / Linear for one forward of `example` (module path → MACs)."""
+    macs: dict[str, int] = {}
+    handles = []
+    for path, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            def hook(mod, _i, out, path=path):
+                kh, kw = mod.kernel_size
+                macs[path] = int(out.numel() // out.shape[0]) * (mod.in_channels // mod.groups) * kh * kw
+        elif isinstance(m, torch.nn.Linear):
+            def hook(mod, _i, out, path=path):
+                macs[path] = int(out.numel() // out.shape[0]) * mod.in_features
+        else:
+            continue
+        handles.append(m.register_forward_hook(hook))
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return macs
+
+
+def choose_within_budget(rows: list[dict], macs: dict[str, int], budget: float) -> tuple[list[str], float]:
+    """The layers to keep in float: largest per-layer SQNR drop first (fidelity.layer_sqnr rows), as long as
+    their summed share of the model's MACs stays within `budget` (0.05 = 5 %). Latency proxy: a float layer
+    costs about its MAC share more than in int8 (float convs run ~2× slower than int8 ones on XNNPACK).
+    Only Conv2d / Linear layers are candidates (they hold the int8 weights). Returns (paths, MAC share)."""
+    total = sum(macs.values()) or 1
+    chosen, spent = [], 0.0
+    ranked = sorted((r for r in rows if r.get("drop_db") is not None and r["layer"] in macs),
+                    key=lambda r: r["drop_db"], reverse=True)
+    for r in ranked:
+        if r["drop_db"] <= 0:
+            break
+        cost = macs[r["layer"]] / total
+        if spent + cost > budget:
+            continue
+        chosen.append(r["layer"])
+        spent += cost
+    return chosen, spent

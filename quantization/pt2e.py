@@ -144,12 +144,16 @@ def quantize(
     keep_float: Iterable[str] | None = None,
     timings: Any = None,
     bias_correction: bool = True,
+    keep_float_budget: float | None = None,
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
 
     `quantizer` picks another row of QUANTIZER_BUILDERS (e.g. "coreml-native"); default: the target's.
     `keep_float`: module paths left in float (ExportRequest.options["keep_float"]; see quantization/keep_float.py).
     `bias_correction`: correct each layer's bias for the mean shift of its int8 weights (bias_correction.py).
+    `keep_float_budget`: also keep the worst layers (per-layer SQNR drop, measured on a first int8 pass over
+    8 calibration images) in float, as long as their share of the model's MACs stays within this fraction
+    (keep_float.choose_within_budget); costs a second quantization pass.
     `timings`: a converters.timing.StageTimer; each step's wall/CPU seconds are added to it (quantize.*).
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -162,6 +166,13 @@ def quantize(
     if not calib:
         # Static activation ranges come only from calibration; an uncalibrated observer gives garbage scales.
         raise LwdeployError("int8 quantization needs calibration inputs", "pass --calib DIR or use the default set")
+    if keep_float_budget:
+        if not 0 < keep_float_budget < 1:
+            raise LwdeployError(f"keep-float budget {keep_float_budget} must be a fraction in (0, 1)",
+                                "e.g. 0.05 keeps float layers worth at most 5 % of the MACs")
+        return _quantize_within_budget(model, example, target, calib, quantizer=quantizer,
+                                       keep_float=keep_float, timings=timings, bias_correction=bias_correction,
+                                       budget=keep_float_budget)
     quantizer_obj, scheme, fold = QUANTIZER_BUILDERS[builder]()
 
     t0 = time.perf_counter()
@@ -228,6 +239,25 @@ def quantize(
 @contextlib.contextmanager
 def _no_timer(name: str):
     yield
+
+
+def _quantize_within_budget(model, example, target, calib, *, budget: float, keep_float, **kw) -> QuantizedModel:
+    from lwdeploy.quantization.fidelity import layer_sqnr
+    from lwdeploy.quantization.keep_float import choose_within_budget, layer_macs
+
+    t0 = time.perf_counter()
+    first = quantize(model, example, target, calib, keep_float=keep_float, **kw)
+    images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib[:8]])
+    rows = layer_sqnr(model, first.module, images)
+    chosen, share = choose_within_budget(rows, layer_macs(model, example), budget)
+    if not chosen:
+        result = first
+    else:
+        result = quantize(model, example, target, calib, keep_float=list(keep_float or []) + chosen, **kw)
+    result.scheme["keep_float_budget"] = {"budget_mac_share": budget, "chosen": chosen,
+                                          "mac_share": round(share, 4),
+                                          "seconds_with_first_pass": round(time.perf_counter() - t0, 2)}
+    return result
 
 
 def unsplat_biases(gm: torch.fx.GraphModule) -> int:

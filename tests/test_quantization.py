@@ -189,3 +189,29 @@ def test_quantize_records_bias_correction_and_keeps_the_callers_model(net):
     assert on.scheme["bias_correction"].split()[0] not in ("0", "off")
     assert off.scheme["bias_correction"] == "off"
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+
+def test_choose_within_budget_takes_worst_layers_that_fit():
+    from lwdeploy.quantization.keep_float import choose_within_budget
+
+    rows = [{"layer": "a", "drop_db": 1.0}, {"layer": "b", "drop_db": 9.0}, {"layer": "c", "drop_db": 5.0},
+            {"layer": "d", "drop_db": 3.0}, {"layer": "act", "drop_db": 20.0}, {"layer": "e", "drop_db": -2.0},
+            {"layer": "f", "drop_db": None}]
+    macs = {"a": 10, "b": 60, "c": 5, "d": 20, "e": 1, "f": 4}      # "act" holds no weights: not a candidate
+    chosen, share = choose_within_budget(rows, macs, 0.30)
+    assert chosen == ["c", "d"] and share == pytest.approx(0.25)     # b (60 %) does not fit; e has no drop
+    assert choose_within_budget(rows, macs, 0.01) == ([], 0.0)
+
+
+def test_keep_float_budget_keeps_the_chosen_layers_float(net):
+    calib = list(tiny.images(8, seed=2).split(1))
+    plain = quantize(net, calib[0], "executorch", calib)
+    qm = quantize(net, calib[0], "executorch", calib, keep_float_budget=0.5)
+    info = qm.scheme["keep_float_budget"]
+    modules = dict(net.named_modules())
+    assert info["chosen"] and info["mac_share"] <= 0.5
+    assert all(isinstance(modules[p], (torch.nn.Conv2d, torch.nn.Linear)) for p in info["chosen"])
+    per_channel = lambda gm: sum("dequantize_per_channel" in o for o in _ops(gm))   # noqa: E731
+    assert per_channel(qm.module) == per_channel(plain.module) - len(info["chosen"])
+    with pytest.raises(LwdeployError):
+        quantize(net, calib[0], "executorch", calib, keep_float_budget=1.5)
