@@ -70,3 +70,16 @@ def test_conversion_groups_share_int8_calibration_between_executorch_and_coreml(
     # coremltools' own quantizer annotates differently: no sharing
     assert groups(all3, True, quantizer="coreml-native") == [["executorch"], ["tflite"], ["coreml"]]
     assert groups(["coreml", "tflite"], True) == [["tflite"], ["coreml"]]
+
+
+def test_target_stem_names_fp16_and_coreml_delegate_artifacts():
+    from pathlib import Path
+
+    from lwdeploy.pipeline import ExportPlan, target_stem
+
+    plan = ExportPlan("m", ["tflite"], Path("."), options={"fp16": True, "delegate": "coreml"})
+    assert target_stem("m_fp32", "tflite", plan) == "m_fp16"
+    assert target_stem("m_fp32", "coreml", plan) == "m_fp16"
+    assert target_stem("m_fp32", "executorch", plan) == "m_fp32_coreml"
+    assert target_stem("m_int8", "tflite", ExportPlan("m", [], Path("."), int8=True, options={"fp16": True})) == "m_int8"
+    assert target_stem("m_fp32", "executorch", ExportPlan("m", [], Path("."))) == "m_fp32"

@@ -91,6 +91,16 @@ def artifact_stem(info_name: str, plan: ExportPlan, resolution: int, default_res
     return "_".join(parts)
 
 
+def target_stem(stem: str, target: str, plan: ExportPlan) -> str:
+    """Per-target name: float16 exports say fp16 (not fp32), a Core ML-delegate .pte says so, so neither
+    overwrites the default artifact in the same folder."""
+    if plan.options.get("fp16") and not plan.int8 and target in ("tflite", "coreml") and stem.endswith("_fp32"):
+        stem = stem[: -len("_fp32")] + "_fp16"
+    if target == "executorch" and plan.options.get("delegate") == "coreml":
+        stem += "_coreml"
+    return stem
+
+
 def build_model(plan: ExportPlan):
     """Stage 1: the float model (seeded, so random-weight exports are reproducible) and its info."""
     from lwdeploy.models.loader import load_model
@@ -238,7 +248,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     base = Path(plan.model).stem if Path(plan.model).suffix in (".pt", ".pth") else info.name
     stem = artifact_stem(base, plan, res, info.resolution)
     manifests = []
-    out_paths = {t: plan.out_dir / f"{stem}{TARGETS[t].suffix}" for t in plan.targets}
+    out_paths = {t: plan.out_dir / f"{target_stem(stem, t, plan)}{TARGETS[t].suffix}" for t in plan.targets}
     with shared("convert_all"):
         converted = _convert_all(plan, net, info, example, images, out_paths, say, reference_forward)
     for target in plan.targets:
