@@ -130,6 +130,12 @@ def add_metadata(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     import numpy as np
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    # Large models can keep buffer data after the flatbuffer (Buffer.offset/size; ai-edge-quantizer writes
+    # them so above 256 KB). Repacking would drop those bytes: move them into the buffers first.
+    for buffer in model.buffers or []:
+        if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0) > 0:
+            buffer.data = np.frombuffer(model_bytes, dtype=np.uint8, count=buffer.size, offset=buffer.offset).copy()
+            buffer.offset, buffer.size = 0, 0
     model.metadata = [m for m in (model.metadata or []) if m.name.decode() not in entries]
     for name, data in entries.items():
         buffer = schema.BufferT()

@@ -141,6 +141,23 @@ def test_tflite_fp16_weights_halve_size_and_match_float(net, data, tmp_dir):
     assert ver.fidelity["sqnr_db"] > 40 and ver.fidelity["top1_agreement"] == 1.0, ver.fidelity
 
 
+def test_tflite_fp16_large_weights_keep_their_data(tmp_dir):
+    """Above 256 KB of weights ai-edge-quantizer stores buffers after the flatbuffer (offset/size); adding the
+    metadata afterwards must keep them (a repack once dropped them: 'Constant buffer specified an out of range
+    offset' at load)."""
+    big = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 512), nn.ReLU(), nn.Linear(512, 512)).eval()  # ~1 MB of float32 weights
+    x = tiny.images(4, seed=3)
+    with torch.no_grad():
+        ref = big(x)
+    conv = get_converter("tflite")
+    result = conv.convert(ExportRequest(big, x[:1], tiny.INFO, tmp_dir / "big_fp16.tflite", options={"fp16": True}))
+    ver = conv.verify(result.path, x, ref)  # loads: the weight data is in the file
+    assert ver.checks["float16_tensors"] == 3 and ver.checks["metadata"].get("lwdeploy", 0) > 0
+    assert result.details["float16"]["size_ratio"] < 0.6
+    assert ver.fidelity["sqnr_db"] > 40, ver.fidelity
+
+
 def test_tflite_fp16_and_int8_are_exclusive(net, data, tmp_dir):
     x, _, calib = data
     req = ExportRequest(net, x[:1], tiny.INFO, tmp_dir / "both.tflite", int8=True, calib=calib, options={"fp16": True})
