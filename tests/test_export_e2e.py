@@ -69,3 +69,12 @@ def test_int8_executorch_and_coreml_share_one_calibration(cli, tmp_path):
     assert et["verification"]["checks"]["delegates"] == {"XnnpackBackend": 1}
     # random weights at 32 px: int8 logits are noisy; a broken scale or zero point gives cosine ≲ 0.4
     assert et["verification"]["fidelity"]["cosine"] > 0.6, et["verification"]["fidelity"]
+
+
+def test_summary_precision_names_fp16():
+    from lwdeploy.commands.export import _precision
+
+    assert _precision({"quantization": {"scheme": "float16 weights (post-training), float32 activations"}}) == "fp16"
+    assert _precision({"quantization": {"scheme": "none (float16 compute)"}}) == "fp16"
+    assert _precision({"quantization": {"scheme": "int8 static (PT2E)"}, "calibration": {}}) == "int8"
+    assert _precision({"quantization": {"scheme": "none (float32)"}}) == "fp32"

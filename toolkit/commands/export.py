@@ -107,12 +107,19 @@ def summary_table(manifests: list[dict]):
         agree = fid.get("top1_agreement")
         table.add_row(
             m["artifact"]["target"], m["artifact"]["file"], _size(m["artifact"]["size_bytes"]),
-            "int8" if m["quantization"].get("scheme", "").startswith("int8") or m.get("calibration") else "fp32",
+            _precision(m),
             f"{agree:.1%}" if agree is not None else "—",
             f"{fid['max_abs_diff']:.3g}" if "max_abs_diff" in fid else "—",
             f"{lat['p50']:.2f}" if "p50" in lat else ("—" if not lat else f"{next(iter(lat.values())):.2f}"),
             "ran on host" if ver["ran_on_host"] else "structural only")
     return table
+
+
+def _precision(m: dict) -> str:
+    scheme = m["quantization"].get("scheme", "")
+    if scheme.startswith("int8") or m.get("calibration"):
+        return "int8"
+    return "fp16" if "float16" in scheme else "fp32"
 
 
 def _size(n: int) -> str:
