@@ -148,7 +148,7 @@ def explain_failure(exc: BaseException, target: str, graph: Any = None, model: t
             where = _module_of(name, {}, torch.export.export(model, (example,)))
     except Exception:  # the diagnosis must never hide the real failure
         where = None
-    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    first_line = (str(exc).strip().splitlines() or [""])[0][:160]  # the matrix keeps 500 characters, hint included
     location = f" in module {where}" if where else f" (graph node {name}; no PyTorch module recorded)"
     return LwdeployError(f"{target}: converting operator {op}{location} failed — {type(exc).__name__}: {first_line}",
                          _HINT_FAILED)
