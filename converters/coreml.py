@@ -247,6 +247,9 @@ def deterministic_manifest(package: Path | str) -> dict[str, str]:
     package = Path(package)
     manifest_file = package / "Manifest.json"
     manifest = json.loads(manifest_file.read_text())
+    root = manifest["itemInfoEntries"].get(manifest["rootModelIdentifier"])
+    if root is not None:
+        _deterministic_spec(package / "Data" / root["path"])
     renamed: dict[str, str] = {}
     entries = {}
     for old_id, item in manifest["itemInfoEntries"].items():
@@ -262,6 +265,20 @@ def deterministic_manifest(package: Path | str) -> dict[str, str]:
     manifest["rootModelIdentifier"] = renamed.get(manifest["rootModelIdentifier"], manifest["rootModelIdentifier"])
     manifest_file.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
     return renamed
+
+
+def _deterministic_spec(spec_file: Path) -> None:
+    """Rewrite model.mlmodel with protobuf's deterministic serialization (map entries sorted by key).
+
+    coremltools serializes the spec's maps (attributes, function/block maps, metadata) in hash order, which
+    changes with Python's per-process string hash seed: two runs of the same export wrote the same spec
+    (identical text) in different byte orders. Measured: int8 .mlpackage from two CLI runs differed only here.
+    """
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_file.read_bytes())
+    spec_file.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def _to_model_input(image: dict[str, Any], info) -> Any:

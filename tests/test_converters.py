@@ -282,6 +282,37 @@ def test_coreml_normalisation_fold_is_exact(net):
     assert same is net and image["scale"] == pytest.approx(1 / 127.5) and image["bias"] == [-1.0] * 3
 
 
+_SEEDED_COREML = """
+import sys
+import tiny_convnet as tiny
+from pathlib import Path
+from lwdeploy.converters import get_converter
+from lwdeploy.converters.base import ExportRequest
+net, x = tiny.build(), tiny.images(4, seed=2)
+get_converter("coreml").convert(ExportRequest(net, x[:1], tiny.INFO, Path(sys.argv[1]), int8=True,
+                                              calib=list(x.split(1))))
+"""
+
+
+def test_coreml_bytes_do_not_depend_on_the_process_hash_seed(tmp_path):
+    """Two processes (different PYTHONHASHSEED) once wrote the same Core ML spec with its protobuf maps in
+    different orders; the package must be identical anyway (deterministic serialization)."""
+    import os
+    import subprocess
+    import sys
+
+    from lwdeploy.manifest import sha256_of
+
+    here = Path(__file__).parent
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"seed{seed}.mlpackage"
+        subprocess.run([sys.executable, "-c", _SEEDED_COREML, str(out)], cwd=here, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(here)})
+        outs.append(sha256_of(out))
+    assert outs[0] == outs[1]
+
+
 # ---------------------------------------------------------------- errors
 
 

@@ -78,3 +78,23 @@ def test_summary_precision_names_fp16():
     assert _precision({"quantization": {"scheme": "none (float16 compute)"}}) == "fp16"
     assert _precision({"quantization": {"scheme": "int8 static (PT2E)"}, "calibration": {}}) == "int8"
     assert _precision({"quantization": {"scheme": "none (float32)"}}) == "fp32"
+
+
+@pytest.mark.heavy  # two int8 exports to all three targets (ExecuTorch lowering ~40 CPU-s each)
+def test_same_command_twice_gives_identical_artifacts(cli, tmp_path):
+    """Reproducibility through the CLI, int8 (calibration order, shared PT2E program, worker processes):
+    .tflite, .pte and every file of the .mlpackage are byte-identical; only the ETRecord is not, and its
+    manifest says why."""
+    from lwdeploy.manifest import sha256_of
+
+    digests = []
+    for run in ("a", "b"):
+        code, stdout, err = cli("export", "mobilenet_v2", "-w", "0.5", "-r", "32", "--int8", "-t", "all",
+                                "--calib-samples", "4", "--heldout-samples", "4", "--out", tmp_path / run, "--json")
+        assert code == 0, err
+        manifests = json.loads(stdout)
+        digests.append({m["artifact"]["file"]: sha256_of(tmp_path / run / m["artifact"]["file"]) for m in manifests})
+        assert all(m["artifact"]["sha256"] == digests[-1][m["artifact"]["file"]] for m in manifests)
+    assert len(digests[0]) == 3 and digests[0] == digests[1]
+    pte = next(m for m in manifests if m["artifact"]["target"] == "executorch")
+    assert "id()" in pte["conversion"]["reproducible"][".etrecord"]
