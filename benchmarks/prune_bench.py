@@ -356,7 +356,11 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {name} | {key} | cannot prune: {err} |||||||||| ")
                 continue
             params = v.get("params") or (acc.get("params_unpruned") if key == "unpruned" else a.get("params"))
-            cells = {t: v.get(t, {}) for t in TARGETS}
+            cells = {t: dict(v.get(t, {})) for t in TARGETS}
+            for t in TARGETS:  # a stage still running has not written speed-ups yet: derive them here
+                base_ms = ((lat.get("variants") or {}).get("unpruned", {}).get(t) or {}).get("cpu_ms")
+                if "speedup" not in cells[t] and cells[t].get("cpu_ms") and base_ms:
+                    cells[t]["speedup"] = round(base_ms / cells[t]["cpu_ms"], 3)
             ms = [(_f(c.get("cpu_ms"), ".2f") if "error" not in c else "failed") for c in cells.values()]
             sp = " / ".join(_f(c.get("speedup"), ".2f", "×") for c in cells.values()) if key != "unpruned" else "1×"
             u = acc.get("acc_unpruned")
