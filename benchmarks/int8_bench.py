@@ -63,12 +63,15 @@ def _vendor_quantized(model, example, calib, target):
     return convert_pt2e(gm, fold_quantize=fold), q
 
 
+KEEP_FLOAT_BUDGET: float | None = None      # --keep-float-budget
+
+
 def _quantized(model, example, calib, target, vendor):
     if vendor:
         return _vendor_quantized(model, example, calib, target)
     from lwdeploy.quantization.pt2e import quantize
 
-    qm = quantize(model, example, target, calib)
+    qm = quantize(model, example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET)
     return qm.module, qm.quantizer
 
 
@@ -469,6 +472,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--docs", type=Path, help="also write this markdown page (e.g. docs/int8.md)")
+    p.add_argument("--keep-float-budget", type=float,
+                   help="int8 variant keeps its worst layers in float within this MAC share (e.g. 0.05)")
     p.add_argument("--fashion", action="store_true",
                    help="Fashion-MNIST accuracy mode: train each model briefly, compare int8 artifacts' test accuracy")
     p.add_argument("--fashion-resolution", type=int, default=32)
@@ -476,6 +481,8 @@ def main(argv=None) -> int:
     p.add_argument("--fashion-train", type=int, default=20000, help="training images (first N of the train split)")
     p.add_argument("--fashion-test", type=int, default=10000, help="test images (first N of the test split)")
     args = p.parse_args(argv)
+    global KEEP_FLOAT_BUDGET
+    KEEP_FLOAT_BUDGET = args.keep_float_budget
     if args.quick:
         args.calib, args.heldout, args.rounds = min(args.calib, 16), min(args.heldout, 32), min(args.rounds, 30)
     # CNNs only: the ViT hybrids (MobileViT, EdgeViT) have attention the issue tracks separately
@@ -486,7 +493,8 @@ def main(argv=None) -> int:
     targets = [t for t in args.targets.split(",") if t]
     meta = {"host": platform.processor() or platform.machine(), "threads": args.threads, "rounds": args.rounds,
             "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
-            "quick": args.quick, "calibration_images": args.calib, "heldout_images": args.heldout}
+            "quick": args.quick, "calibration_images": args.calib, "heldout_images": args.heldout,
+            "keep_float_budget": args.keep_float_budget}
     torch.set_num_threads(args.threads)
     from rich.console import Console
 
