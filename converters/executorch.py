@@ -107,7 +107,8 @@ class ExecuTorchConverter(Converter):
                 from lwdeploy.quantization import quantize
 
                 qm = req.quantized or quantize(model, example, "executorch", req.calib,
-                                               keep_float=req.options.get("keep_float"), timings=timer)
+                                               keep_float=req.options.get("keep_float"), timings=timer,
+                                               keep_float_budget=req.options.get("keep_float_budget"))
                 model = qm.module
                 quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
             with timer("torch_export"):

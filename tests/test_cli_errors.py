@@ -124,3 +124,14 @@ def test_checkpoint_for_another_model_is_refused(cli, tmp_path):
 def test_sample_counts_must_be_positive(cli, tmp_path):
     code, _, err = cli("export", "mobilenet_v3_small_100", "--heldout-samples", "0", "--out", tmp_path / "o")
     assert "at least 1" in _one_line_error(code, err)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--keep-float-budget", "0.05"), "add --int8"),
+    (("--keep-float", "features.0"), "add --int8"),
+    (("--int8", "--keep-float-budget", "1.5"), "not a fraction in (0, 1)"),
+])
+def test_keep_float_options_checked_before_work(cli, tmp_path, args, says):
+    code, _, err = cli("export", "mobilenet_v3_small_100", *args, "--out", tmp_path / "o")
+    assert says in _one_line_error(code, err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

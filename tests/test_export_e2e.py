@@ -71,6 +71,16 @@ def test_int8_executorch_and_coreml_share_one_calibration(cli, tmp_path):
     assert et["verification"]["fidelity"]["cosine"] > 0.6, et["verification"]["fidelity"]
 
 
+def test_keep_float_budget_reaches_the_quantizer(cli, tmp_path):
+    code, stdout, err = cli("export", "mobilenet_v2", "-w", "0.5", "-r", "64", "--int8", "-t", "tflite",
+                            "--keep-float-budget", "0.2", "--calib-samples", "8", "--heldout-samples", "8",
+                            "--out", tmp_path, "--json")
+    assert code == 0, err
+    budget = json.loads(stdout)["quantization"]["keep_float_budget"]
+    assert budget["budget_mac_share"] == 0.2 and 0 <= budget["mac_share"] <= 0.2
+    assert json.loads(stdout)["quantization"]["keep_float"] == budget["chosen"]
+
+
 def test_summary_precision_names_fp16():
     from lwdeploy.commands.export import _precision
 

@@ -337,7 +337,8 @@ def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shar
     with timer("lower"):
         lowered = lower_for(net, targets[0], plan.int8)
     quantized = quantize(lowered, example, targets[0], images.calib_batches(),
-                         keep_float=plan.options.get("keep_float"), timings=timer)
+                         keep_float=plan.options.get("keep_float"), timings=timer,
+                         keep_float_budget=plan.options.get("keep_float_budget"))
     return _Shared(lowered, quantized, timer, time.perf_counter() - t0)
 
 
