@@ -229,12 +229,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, progr
 
 def recover_for_export(pruned: nn.Module, unpruned: nn.Module, calib_images: torch.Tensor, *, mean, std,
                        resolution: int, epochs: int = 0, dataset: str | None = None, trained: bool = True,
-                       say=None) -> dict:
+                       samples: int | None = None, say=None) -> dict:
     """The export pipeline's step after pruning: BatchNorm re-estimation, then optional KD recovery.
 
     BN statistics are always re-estimated on the calibration images (removed channels shift every
     downstream BN's input; measured in benchmarks/prune_bench.py). With `epochs`, `pruned` is trained in
-    place on `dataset` (fashion-mnist or an image folder) with the unpruned model as teacher — unless the
+    place on `dataset` (fashion-mnist or an image folder; its first `samples` images if given) with the unpruned
+    model as teacher — unless the
     weights are random (`trained` False): a random teacher has nothing to teach, so labels alone are used,
     and said. Returns a record for the manifest; `say(msg)` gets progress lines.
     """
@@ -250,7 +251,9 @@ def recover_for_export(pruned: nn.Module, unpruned: nn.Module, calib_images: tor
     if not epochs:
         return record
     spec = dataset or "fashion-mnist"
-    train_set = open_dataset(spec, train=True, resolution=resolution, mean=mean, std=std)
+    if samples is not None and samples < 1:
+        raise LwdeployError(f"--finetune-samples {samples} must be positive", "e.g. --finetune-samples 5000")
+    train_set = open_dataset(spec, train=True, resolution=resolution, mean=mean, std=std, limit=samples)
     teacher = unpruned if trained else None
     say(f"recovery: {epochs} epoch(s) on {train_set.source}, "
         + ("knowledge distillation from the unpruned model" if teacher is not None else
@@ -259,5 +262,5 @@ def recover_for_export(pruned: nn.Module, unpruned: nn.Module, calib_images: tor
                    augment=True)
     record.update({"finetune_epochs": epochs, "dataset": train_set.source, "teacher": "unpruned model"
                    if teacher is not None else None, "seconds": round(result.seconds, 1),
-                   "final_train_acc": round(result.history[-1]["train_acc"], 2)})
+                   "final_train_acc": round(result.history[-1]["train_acc"], 2), "train_images": len(train_set)})
     return record

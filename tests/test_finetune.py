@@ -180,14 +180,15 @@ def test_export_prune_with_finetune_epochs_records_recovery(cli, tmp_path):
     _colour_folder(data, n=8)
     out = tmp_path / "out"
     code, _, err = cli("export", "mobilenet_v3_small_100", "--num-classes", "2", "-r", "32", "--prune", "0.3",
-                       "--finetune-epochs", "1", "--dataset", data, "--heldout-samples", "4", "--calib-samples",
-                       "8", "--out", out)
+                       "--finetune-epochs", "1", "--dataset", data, "--finetune-samples", "6", "--heldout-samples", "4",
+                       "--calib-samples", "8", "--out", out)
     assert code == 0, err
     assert "recovery: 1 epoch(s) on image folder" in err and "step" in err  # progress lines from the loop
     manifest = json.loads(next(out.glob("*.tflite.json")).read_text()) if list(out.glob("*.tflite.json")) else \
         json.loads(next(p for p in out.glob("*.json")).read_text())
     rec = manifest["model"]["recovery"]
     assert rec["finetune_epochs"] == 1 and rec["batchnorm"].startswith("re-estimated on 8")
+    assert rec["train_images"] == 6  # --finetune-samples: the first 6 images of the folder's 16
     assert rec["teacher"] is None  # random weights: nothing to distil, said so instead of pretending
     code, _, err = cli("export", "mobilenet_v3_small_100", "--finetune-epochs", "1", "--out", tmp_path / "o2")
     assert code == 2 and "after --prune" in err and "Traceback" not in err

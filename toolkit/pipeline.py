@@ -184,7 +184,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
            calib: str | Path | None = None, calib_samples: int = 64, heldout_samples: int = 64,
            prune: float | None = None, seed: int = 0, options: dict | None = None,
            progress: Progress | None = None, keep_going: bool = False, jobs: int | None = None,
-           finetune_epochs: int = 0, dataset: str | None = None) -> list[dict]:
+           finetune_epochs: int = 0, dataset: str | None = None, finetune_samples: int | None = None) -> list[dict]:
     """Export `model` to each target and verify it; returns one manifest dict per artifact.
 
     With keep_going, a target that fails yields {"artifact": {...}, "error": "..."} instead of raising, so
@@ -223,7 +223,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
 
         net.lwdeploy_pruning["recovery"] = recover_for_export(
             net, unpruned, images.calib, mean=info.mean, std=info.std, resolution=res, epochs=finetune_epochs,
-            dataset=dataset, trained=not random_weights, say=say)
+            dataset=dataset, trained=not random_weights, samples=finetune_samples, say=say)
     elif finetune_epochs:
         raise LwdeployError("--finetune-epochs recovers a model after --prune", "add --prune R, or use "
                             "`lwdeploy finetune` to train an unpruned model")

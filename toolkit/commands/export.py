@@ -52,6 +52,8 @@ def target_options(func):
               help="With --prune: recovery epochs (knowledge distillation from the unpruned model) before export.")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="Recovery data for --finetune-epochs: fashion-mnist or an image folder (root/<class>/<images>).")
+@click.option("--finetune-samples", type=int, metavar="N",
+              help="Recovery on the first N training images only (CPU-friendly; default: all).")
 @click.option("--seed", default=0, show_default=True, help="Seed for random init, crops and calibration order.")
 @click.option("--keep-float", multiple=True, metavar="MODULE",
               help="With --int8: leave this PyTorch module path in float (repeatable), e.g. the layers the "
@@ -64,7 +66,7 @@ def target_options(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @target_options
 def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
-           calib_samples, heldout_samples, prune, finetune_epochs, dataset, seed, keep_float, keep_float_budget, jobs, as_json,
+           calib_samples, heldout_samples, prune, finetune_epochs, dataset, finetune_samples, seed, keep_float, keep_float_budget, jobs, as_json,
            **target_opts):
     """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
 
@@ -96,7 +98,7 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
                                num_classes=num_classes, weights=weights, pretrained=pretrained, calib=calib,
                                calib_samples=calib_samples, heldout_samples=heldout_samples, prune=prune,
                                seed=seed, progress=progress, jobs=jobs, finetune_epochs=finetune_epochs,
-                               dataset=dataset,
+                               dataset=dataset, finetune_samples=finetune_samples,
                                options={**{k: v for k, v in target_opts.items() if v is not None},
                                         **({"keep_float": list(keep_float)} if keep_float else {}),
                                         **({"keep_float_budget": keep_float_budget} if keep_float_budget else {})})
