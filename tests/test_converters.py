@@ -316,18 +316,21 @@ def test_coreml_bytes_do_not_depend_on_the_process_hash_seed(tmp_path):
 # ---------------------------------------------------------------- errors
 
 
+class _Odd(nn.Module):
+    """A conv and a hard-swish under `body`: the error tests name `body.1 (Hardswish)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish())
+
+    def forward(self, x):
+        return self.body(x)
+
+
 def test_unsupported_operator_error_names_op_and_module():
     from lwdeploy.converters.diagnose import unsupported_operator
 
-    class Odd(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish())
-
-        def forward(self, x):
-            return self.body(x)
-
-    model, x = Odd().eval(), torch.randn(1, 3, 8, 8)
+    model, x = _Odd().eval(), torch.randn(1, 3, 8, 8)
     exc = RuntimeError("Lowering not found: aten.hardswish.default")
     err = unsupported_operator(exc, "tflite", model=model, example=x)
     assert isinstance(err, LwdeployError)
@@ -341,15 +344,7 @@ def test_failure_on_a_node_names_operator_module_target_and_hint():
     numpy TypeError) still yields operator, PyTorch module, target and a hint, found from the traceback."""
     from lwdeploy.converters.diagnose import explain_failure
 
-    class Odd(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish())
-
-        def forward(self, x):
-            return self.body(x)
-
-    model, x = Odd().eval(), torch.randn(1, 3, 8, 8)
+    model, x = _Odd().eval(), torch.randn(1, 3, 8, 8)
     graph = torch.export.export(model, (x,))
 
     def fake_converter():  # walks the graph like the converters' frontends do, and breaks on hardswish
