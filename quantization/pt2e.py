@@ -46,11 +46,17 @@ class QuantizedModel:
 def _tflite_quantizer() -> tuple[Any, dict[str, Any], bool]:
     from litert_torch.quantize import pt2e_quantizer as pq
 
-    quantizer = pq.PT2EQuantizer().set_global(
+    from lwdeploy.quantization.tflite_int8 import TFLiteInt8Quantizer
+
+    # litert-torch's PT2EQuantizer + split→slice and padded avg-pool→depthwise rewrites and qparam sharing on
+    # data-movement ops: TFLite's int8 SLICE/PAD/RESHAPE/… reject differing input/output scales (tflite_int8.py)
+    quantizer = TFLiteInt8Quantizer().set_global(
         pq.get_symmetric_quantization_config(is_per_channel=True, is_qat=False, is_dynamic=False)
     )
     scheme = {
-        "quantizer": "litert_torch.quantize.pt2e_quantizer.PT2EQuantizer",
+        "quantizer": "litert_torch.quantize.pt2e_quantizer.PT2EQuantizer (lwdeploy TFLiteInt8Quantizer)",
+        "same_scale_ops": "slice/split/pad/reshape/transpose/gather share their input's qparams; padded "
+        "avg_pool2d → depthwise conv (1/k² weights)",
         "weights": "int8 symmetric per-channel (axis 0), [-127, 127], MinMax observer",
         "activations": "int8 per-tensor affine, static, Histogram observer",
         "fixed_qparams": "logistic/softmax outputs scale 1/256, zero_point -128 (TFLite kernel requirement)",
