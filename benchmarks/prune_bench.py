@@ -147,6 +147,7 @@ def accuracy_stage(name: str, args, console) -> dict:
                                                        "finetune_epochs", "lr", "finetune_lr", "batch_size",
                                                        "bn_samples", "seed")},
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "ratios": {}}
+    out["ratios"] = _earlier_ratios(args.out / "prune_acc" / f"{name}.json", out["settings"], args.ratios)
     base_ck = _baseline_path(name, args)
     torch.manual_seed(args.seed)
     if base_ck.is_file():
@@ -191,6 +192,7 @@ def accuracy_stage(name: str, args, console) -> dict:
                                                  batch_size=args.batch_size, seed=args.seed),
                   teacher=teacher, device=dev, augment=True, console=console)
         row["recovery_seconds"] = round(r.seconds, 1)
+        row["finetune_epochs"], row["finetune_lr"] = args.finetune_epochs, args.finetune_lr
         row["acc_recovered"] = evaluate(pruned, eval_set, device=dev)
         console.log(f"{name} @ {ratio:g}: recovered {row['acc_recovered']:.2f}% (unpruned {out['acc_unpruned']:.2f}%)")
         pruned.cpu()
@@ -202,6 +204,24 @@ def accuracy_stage(name: str, args, console) -> dict:
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _write_part(args.out / "prune_acc" / f"{name}.json", out)
     return out
+
+
+BASELINE_SETTINGS = ("resolution", "train_samples", "eval_samples", "epochs", "lr", "batch_size", "bn_samples", "seed")
+
+
+def _earlier_ratios(path: Path, settings: dict, rerun) -> dict:
+    """Rows of ratios not rerun now, from an earlier run on the same baseline (so one ratio can get a longer
+    recovery without retraining the others); each row carries its own recovery epochs and lr."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if any(old["settings"].get(k) != settings[k] for k in BASELINE_SETTINGS):
+        return {}
+    keep = {k: v for k, v in old.get("ratios", {}).items() if float(k) not in rerun}
+    for row in keep.values():  # rows written before rows carried their settings
+        row.setdefault("finetune_epochs", old["settings"]["finetune_epochs"])
+        row.setdefault("finetune_lr", old["settings"]["finetune_lr"])
+    return keep
 
 
 # -------------------------------------------------------------------------------------------- latency
@@ -338,8 +358,8 @@ def markdown(report: dict) -> str:
     accs = [m["accuracy"] for m in report["models"].values() if m["accuracy"]]
     lats = [m["latency"] for m in report["models"].values() if m["latency"]]
     lines = ["| model | ratio | params (M) | MACs (M) @ lat. res | TFLite int8 ms | ET int8 ms | speed-up TFLite / ET "
-             "| acc unpruned | acc pruned | + BN re-est. | recovered (KD) | gap |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| acc unpruned | acc pruned | + BN re-est. | KD epochs, lr | recovered (KD) | gap |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     verdicts = []
     for name, m in report["models"].items():
         acc, lat = m["accuracy"] or {}, m["latency"] or {}
@@ -353,7 +373,7 @@ def markdown(report: dict) -> str:
             a = (acc.get("ratios") or {}).get(key, {}) if key != "unpruned" else {}
             err = v.get("error") or a.get("error")
             if err:
-                lines.append(f"| {name} | {key} | cannot prune: {err} |||||||||| ")
+                lines.append(f"| {name} | {key} | cannot prune: {err} ||||||||||| ")
                 continue
             params = v.get("params") or (acc.get("params_unpruned") if key == "unpruned" else a.get("params"))
             cells = {t: dict(v.get(t, {})) for t in TARGETS}
@@ -372,6 +392,9 @@ def markdown(report: dict) -> str:
                 *ms, sp, _f(u, ".2f", "%"),
                 _f(a.get("acc_pruned"), ".2f", "%") if key != "unpruned" else "—",
                 _f(a.get("acc_pruned_bn"), ".2f", "%") if key != "unpruned" else "—",
+                f"{a.get('finetune_epochs', (acc.get('settings') or {}).get('finetune_epochs'))}, "
+                f"{a.get('finetune_lr', (acc.get('settings') or {}).get('finetune_lr')):g}"
+                if key != "unpruned" and rec is not None else "—",
                 _f(rec, ".2f", "%") if key != "unpruned" else "—",
                 _f(gap, "+.2f", " pt") if key != "unpruned" else "—"]) + " |")
             if key == "0.3":
@@ -390,8 +413,8 @@ def markdown(report: dict) -> str:
                     f"lr {s['lr']:g} cosine, batch {s['batch_size']}, flip + shift augmentation. Pruned: L1 "
                     f"magnitude, channel counts rounded to multiples of 8. BN re-est.: running statistics "
                     f"recomputed on {s['bn_samples']} training images, no weight changes. Recovery: "
-                    f"{s['finetune_epochs']} epochs of KD from the unpruned net (α 0.7, T 4, AdamW lr "
-                    f"{s['finetune_lr']:g} cosine), starting from the BN-re-estimated net. Trained on {dev} "
+                    f"knowledge distillation from the unpruned net for the epochs and AdamW peak lr (cosine) of the "
+                    f"row's \"KD epochs, lr\" column (α 0.7, T 4), starting from the BN-re-estimated net. Trained on {dev} "
                     f"(torch {accs[0]['torch']}); gap = unpruned − recovered.")
     if lats:
         l0 = lats[0]
