@@ -20,8 +20,11 @@ def test_default_models_one_per_family():
 def test_matrix_runs_and_records_failures(tmp_path):
     out = tmp_path / "m"
     # one real cell, and a resolution DiCENet cannot be built at: its cells must fail, explained, not crash
+    # two models at once: rows still come back in the order asked for
     result = run_matrix(["mobilenet_v3_small_100", "dicenet_050"], ["tflite"], ["fp32"], out,
-                        {"resolution": 48, "calib_samples": 4, "heldout_samples": 4}, timeout_s=600)
+                        {"resolution": 48, "calib_samples": 4, "heldout_samples": 4}, timeout_s=600, jobs=2)
+    assert [r["model"] for r in result["rows"]] == ["mobilenet_v3_small_100", "dicenet_050"]
+    assert result["summary"]["jobs"] == 2
     rows = {r["model"]: r for r in result["rows"]}
     ok = rows["mobilenet_v3_small_100"]
     assert ok["ok"] and ok["size_mb"] > 0 and ok["latency_ms"] > 0 and ok["top1_agreement"] == 1.0
@@ -31,7 +34,8 @@ def test_matrix_runs_and_records_failures(tmp_path):
     bad = rows["dicenet_050"]
     assert not bad["ok"] and "32" in bad["error"]
     assert result["summary"]["cells"] == 2 and result["summary"]["ok"] == 1
-    assert result["summary"]["peak_rss_mb"] > 100
+    # the whole tree's peak: at least the largest worker (sampled, so a worker's last spike may be missed)
+    assert result["summary"]["peak_rss_mb"] > 0.8 * result["summary"]["peak_worker_rss_mb"] > 100
     saved = json.loads((out / "matrix.json").read_text())
     assert saved["summary"] == result["summary"]
     md = (out / "matrix.md").read_text()
@@ -45,6 +49,39 @@ def test_matrix_bad_input(tmp_path):
         run_matrix(["ghostnet"], ["tflite"], ["int4"], tmp_path)
     with pytest.raises(LwdeployError, match="unknown model"):
         run_matrix(["ghostnett"], ["tflite"], ["fp32"], tmp_path)
+    with pytest.raises(LwdeployError, match="--jobs 0"):
+        run_matrix(["ghostnet"], ["tflite"], ["fp32"], tmp_path, jobs=0)
+
+
+def _hold_memory(mb: int, ready, release):
+    block = bytearray(mb * 2**20)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+    ready.set()
+    release.wait(30)
+
+
+def test_tree_memory_counts_child_processes():
+    import multiprocessing as mp
+    import time
+
+    from lwdeploy.matrix import TreeMemory
+
+    memory = TreeMemory(interval_s=0.05)
+    before = memory.current_mb()
+    memory.start()
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_memory, args=(300, ready, release))
+    child.start()
+    try:
+        assert ready.wait(60)
+        time.sleep(0.3)
+        assert memory.current_mb() > before + 280
+    finally:
+        release.set()
+        child.join()
+        memory.stop()
+    assert memory.peak_mb > before + 280
 
 
 def test_renderers_escape_errors():

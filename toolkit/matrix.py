@@ -1,7 +1,8 @@
 """The deployability matrix: every selected zoo variant × target × precision, exported and verified.
 
 Each model runs in its own worker process, for two reasons: a converter that crashes or leaks cannot take
-the sweep down with it, and the worker's peak RSS is the honest memory figure for that model.
+the sweep down with it, and the worker's peak RSS is the honest memory figure for that model. Several
+workers may run at once (--jobs); the run's peak memory is then sampled over the whole process tree.
 Results land as JSON, a markdown table and a self-contained HTML page.
 """
 
@@ -53,7 +54,7 @@ def _worker(model: str, targets: list[str], precisions: list[str], out_dir: str,
         elapsed = time.perf_counter() - t0
         for m in manifests:
             rows.append(_row(model, precision, m, elapsed / max(1, len(manifests))))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # its conversion processes: see TreeMemory
     for r in rows:
         r["peak_rss_mb"] = round(peak_mb)
     Path(result_file).write_text(json.dumps(rows))
@@ -92,7 +93,14 @@ def _stage_summary(stages: dict) -> dict:
 
 def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions: Sequence[str], out_dir: Path,
                options: dict | None = None, on_model: Callable[[str, list[dict]], None] | None = None,
-               timeout_s: float = 900) -> dict:
+               timeout_s: float = 900, jobs: int = 1, memory_mb: float | None = None) -> dict:
+    """Export every model in its own worker process, up to `jobs` at once.
+
+    `memory_mb`: a further worker starts only while the whole process tree's RSS plus the largest peak a
+    finished worker reached stays under it (a guard, not a hard cap: the summary reports the sampled peak).
+    With several workers each converts its targets sequentially (the export pipeline's own conversion
+    processes would oversubscribe the cores).
+    """
     from lwdeploy.models.registry import get_entry
     from lwdeploy.pipeline import resolve_targets
 
@@ -100,42 +108,132 @@ def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions:
     for p in precisions:
         if p not in PRECISIONS:
             raise LwdeployError(f"unknown precision {p!r}", f"choose from {', '.join(PRECISIONS)}")
+    if jobs < 1:
+        raise LwdeployError(f"--jobs {jobs} must be at least 1", "e.g. --jobs 2 on a 2-core machine")
     models = [get_entry(m).info.name for m in (models or default_models())]
     if out_dir.exists() and not out_dir.is_dir():
         raise LwdeployError(f"output path {str(out_dir)!r} is a file", "pass --out with a folder path")
     out_dir.mkdir(parents=True, exist_ok=True)
+    options = dict(options or {})
+    if jobs > 1:
+        options.setdefault("jobs", 1)
     ctx = mp.get_context("spawn")
-    rows: list[dict] = []
+    done: dict[str, list[dict]] = {}
+    running: dict[str, tuple] = {}
+    pending = list(models)
     t_start = time.perf_counter()
-    for model in models:
-        result_file = out_dir / f".{model}.rows.json"
-        result_file.unlink(missing_ok=True)
-        proc = ctx.Process(target=_worker, args=(model, list(targets), list(precisions), str(out_dir / "artifacts"),
-                                                 dict(options or {}), str(result_file)))
-        proc.start()
-        proc.join(timeout_s)
-        if proc.is_alive():
+    memory = TreeMemory()
+    memory.start()
+    try:
+        while pending or running:
+            while pending and len(running) < jobs and _room(memory, done, running, memory_mb):
+                model = pending.pop(0)
+                result_file = out_dir / f".{model}.rows.json"
+                result_file.unlink(missing_ok=True)
+                proc = ctx.Process(target=_worker, args=(model, list(targets), list(precisions),
+                                                         str(out_dir / "artifacts"), dict(options), str(result_file)))
+                proc.start()
+                running[model] = (proc, time.perf_counter(), result_file)
+            time.sleep(0.25)
+            for model, (proc, started, result_file) in list(running.items()):
+                if proc.is_alive() and time.perf_counter() - started < timeout_s:
+                    continue
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                    got = [_failed(model, t, p, f"timed out after {timeout_s:.0f} s") for p in precisions for t in targets]
+                elif result_file.exists():
+                    proc.join()
+                    got = json.loads(result_file.read_text())
+                    result_file.unlink()
+                else:
+                    got = [_failed(model, t, p, f"worker died (exit code {proc.exitcode})")
+                           for p in precisions for t in targets]
+                del running[model]
+                done[model] = got
+                if on_model:
+                    on_model(model, got)
+                rows = [r for m in models if m in done for r in done[m]]
+                _write(rows, models, targets, precisions, out_dir, t_start, memory.peak_mb, jobs)  # partial results survive a stop
+    finally:
+        memory.stop()
+        for proc, _, _ in running.values():
             proc.kill()
-            proc.join()
-            got = [_failed(model, t, p, f"timed out after {timeout_s:.0f} s") for p in precisions for t in targets]
-        elif result_file.exists():
-            got = json.loads(result_file.read_text())
-            result_file.unlink()
-        else:
-            got = [_failed(model, t, p, f"worker died (exit code {proc.exitcode})") for p in precisions for t in targets]
-        rows.extend(got)
-        if on_model:
-            on_model(model, got)
-        result = _write(rows, models, targets, precisions, out_dir, t_start)  # partial results survive a stop
-    return result
+    rows = [r for m in models if m in done for r in done[m]]
+    return _write(rows, models, targets, precisions, out_dir, t_start, memory.peak_mb, jobs)
 
 
-def _write(rows: list[dict], models, targets, precisions, out_dir: Path, t_start: float) -> dict:
+def _room(memory: "TreeMemory", done: dict, running: dict, memory_mb: float | None) -> bool:
+    if not running or not memory_mb:
+        return True
+    peaks = [r.get("peak_rss_mb") or 0 for rows in done.values() for r in rows]
+    if not peaks:  # nothing measured yet: wait for the first worker to show what one costs
+        return False
+    return memory.current_mb() + max(peaks) <= memory_mb
+
+
+class TreeMemory:
+    """Peak RSS of this process and all its descendants together, sampled from /proc every 0.2 s.
+
+    Written by hand because psutil is not a dependency; on a system without /proc the peak is this
+    process tree's largest single ru_maxrss (a lower bound), said so in the summary.
+    """
+
+    def __init__(self, interval_s: float = 0.2):
+        import threading
+
+        self.interval_s, self.peak_mb, self.sampled = interval_s, 0.0, os.path.isdir("/proc/self")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        if not self.sampled:
+            self.peak_mb = max(resource.getrusage(w).ru_maxrss / 1024
+                               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+    def current_mb(self) -> float:
+        if not self.sampled:
+            return 0.0
+        children: dict[int, list[int]] = {}
+        rss_pages: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended between listdir and open
+                continue
+            pid = int(entry)
+            children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: parent pid
+            rss_pages[pid] = int(fields[21])                      # fields[21]: resident pages
+        total, stack = 0, [os.getpid()]
+        while stack:
+            pid = stack.pop()
+            total += rss_pages.get(pid, 0)
+            stack.extend(children.get(pid, ()))
+        return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.current_mb())
+            self._stop.wait(self.interval_s)
+
+
+def _write(rows: list[dict], models, targets, precisions, out_dir: Path, t_start: float, tree_peak_mb: float = 0,
+           jobs: int = 1) -> dict:
     summary = {
         "cells": len(rows), "ok": sum(r["ok"] for r in rows),
         "success_rate": round(sum(r["ok"] for r in rows) / max(1, len(rows)), 4),
-        "wall_s": round(time.perf_counter() - t_start, 1),
-        "peak_rss_mb": max((r.get("peak_rss_mb") or 0 for r in rows), default=0),
+        "wall_s": round(time.perf_counter() - t_start, 1), "jobs": jobs,
+        # all processes of the run at once (workers, their conversion processes, this one)
+        "peak_rss_mb": round(tree_peak_mb) or max((r.get("peak_rss_mb") or 0 for r in rows), default=0),
+        "peak_worker_rss_mb": max((r.get("peak_rss_mb") or 0 for r in rows), default=0),
         "models": list(models), "models_done": len({r["model"] for r in rows}),
         "targets": list(targets), "precisions": list(precisions),
         "cpu_count": os.cpu_count(),
@@ -174,7 +272,8 @@ def to_markdown(result: dict) -> str:
     lines = ["# lwdeploy deployability matrix",
              "",
              f"Generated by `lwdeploy matrix` — {s['ok']}/{s['cells']} cells succeed ({s['success_rate']:.1%}); "
-             f"wall {s['wall_s'] / 60:.1f} min on {s['cpu_count']} cores; peak worker RSS {s['peak_rss_mb']} MB. "
+             f"wall {s['wall_s'] / 60:.1f} min on {s['cpu_count']} cores, {s.get('jobs', 1)} model(s) at a time; peak memory "
+             f"{s['peak_rss_mb']} MB (all processes together; largest worker {s.get('peak_worker_rss_mb', '—')} MB). "
              "Host latency: LiteRT interpreter (XNNPACK) / ExecuTorch runtime on this machine; Core ML is checked "
              "structurally on Linux (no latency).",
              "",
@@ -208,7 +307,7 @@ tr.bad td{{background:#fff1f0}} tr.err td{{text-align:left;color:#a8071a;font-si
 </style></head><body>
 <h1>lwdeploy deployability matrix</h1>
 <div class="summary">{s['ok']}/{s['cells']} cells succeed ({s['success_rate']:.1%}) · wall {s['wall_s'] / 60:.1f} min ·
-peak worker RSS {s['peak_rss_mb']} MB · targets {', '.join(s['targets'])} · precisions {', '.join(s['precisions'])}</div>
+peak memory {s['peak_rss_mb']} MB · {s.get('jobs', 1)} at a time · targets {', '.join(s['targets'])} · precisions {', '.join(s['precisions'])}</div>
 <table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 </body></html>
 """

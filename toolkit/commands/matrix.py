@@ -16,7 +16,13 @@ import click
 @click.option("--calib-samples", default=16, show_default=True)
 @click.option("--heldout-samples", default=16, show_default=True)
 @click.option("--timeout", "timeout_s", default=900, show_default=True, help="Seconds per model before giving up.")
-def matrix(models, targets, precisions, out_dir, resolution, calib_samples, heldout_samples, timeout_s):
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Models exported at once (each in its own process, converting its targets one by one).")
+@click.option("--max-memory", "memory_mb", default=3000, show_default=True, type=click.IntRange(min=1),
+              help="MB: with --jobs > 1, start another model only while all processes plus the largest model "
+                   "seen so far fit.")
+def matrix(models, targets, precisions, out_dir, resolution, calib_samples, heldout_samples, timeout_s, jobs,
+           memory_mb):
     """Export MODELS (default: one variant per zoo family) to every target × precision and verify each.
 
     Writes matrix.json, matrix.md and matrix.html in --out. Failures are recorded (operator, module,
@@ -44,7 +50,8 @@ def matrix(models, targets, precisions, out_dir, resolution, calib_samples, held
                                       for r in rows if not r["ok"]))
             bar.advance(task)
 
-        result = run_matrix(names, target_list, precision_list, Path(out_dir), options, on_model, timeout_s)
+        result = run_matrix(names, target_list, precision_list, Path(out_dir), options, on_model, timeout_s,
+                            jobs=jobs, memory_mb=memory_mb)
     s = result["summary"]
     console.print(f"[bold]{s['ok']}/{s['cells']}[/] cells succeed ({s['success_rate']:.1%}) in {s['wall_s'] / 60:.1f} min, "
-                  f"peak {s['peak_rss_mb']} MB — {Path(out_dir) / 'matrix.md'}, matrix.html, matrix.json")
+                  f"peak memory {s['peak_rss_mb']} MB — {Path(out_dir) / 'matrix.md'}, matrix.html, matrix.json")
