@@ -55,6 +55,23 @@ def _requant_ratio(in_t: Any, w_t: Any, out_t: Any) -> tuple[float, float] | Non
     return s_in * float(w.min()) / s_out, s_in * float(w.max()) / s_out
 
 
+# LiteRT's int8 ADD/SUB rescale the inputs to 2·max(input scales) with 20 bits of headroom, then requantize by
+# 2·max(s_in) / (2^20·s_out); QuantizeMultiplierSmallerThanOneExp CHECKs that this is < 1 (add.cc, sub.cc).
+_RESCALED_ELEMENTWISE = ("ADD", "SUB")
+ADD_RESCALE_LIMIT = 1.0
+
+
+def _add_rescale_ratio(graph: Any, op: Any) -> float | None:
+    tensors = [graph.Tensors(int(i)) for i in op.InputsAsNumpy()] + [graph.Tensors(int(op.OutputsAsNumpy()[0]))]
+    if any(t.Type() != schema.TensorType.INT8 for t in tensors):
+        return None
+    qs = [t.Quantization() for t in tensors]
+    if any(q is None or not q.ScaleLength() for q in qs):
+        return None
+    s_in = max(float(q.ScaleAsNumpy()[0]) for q in qs[:-1])
+    return 2 * s_in / (2**20 * float(qs[-1].ScaleAsNumpy()[0]))
+
+
 def inspect_tflite(path: Path | str) -> dict[str, Any]:
     """Structural summary of a .tflite file (main subgraph)."""
     buf = Path(path).read_bytes()
@@ -64,10 +81,17 @@ def inspect_tflite(path: Path | str) -> dict[str, Any]:
     histogram: collections.Counter[str] = collections.Counter()
     convs = []
     requant_out_of_range: list[dict[str, Any]] = []
+    add_rescale: list[dict[str, Any]] = []
     for j in range(graph.OperatorsLength()):
         op = graph.Operators(j)
         name = ops[op.OpcodeIndex()]
         histogram[name] += 1
+        if name in _RESCALED_ELEMENTWISE:
+            ratio = _add_rescale_ratio(graph, op)
+            if ratio is not None and ratio >= ADD_RESCALE_LIMIT:
+                out_t = graph.Tensors(int(op.OutputsAsNumpy()[0]))
+                add_rescale.append({"op": j, "type": name, "output": out_t.Name().decode()[-120:],
+                                    "ratio": float(f"{ratio:.4g}")})
         if name in _CONV_OPS:
             inputs = op.InputsAsNumpy()
             in_t, w_t = graph.Tensors(int(inputs[0])), graph.Tensors(int(inputs[1]))
@@ -105,6 +129,9 @@ def inspect_tflite(path: Path | str) -> dict[str, Any]:
         # XNNPACK accepts an int8 conv/FC only if input_scale·weight_scale/output_scale is in [2^-32, 256);
         # entries here make the delegate fail to prepare (typical of random weights with exploding activations)
         "requant_out_of_xnnpack_range": requant_out_of_range[:20],
+        # int8 ADD/SUB whose input/output scale ratio LiteRT's kernel cannot represent: preparing it fails a
+        # TFLITE_CHECK, which aborts the whole process (verify refuses such a model instead)
+        "add_rescale_out_of_range": add_rescale[:20],
         "subgraphs": model.SubgraphsLength(),
         "metadata": metadata,
     }

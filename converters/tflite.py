@@ -106,6 +106,14 @@ class TFLiteConverter(Converter):
         with timer("inspect"):
             checks = inspect_tflite(path)
         notes: list[str] = []
+        if checks.get("add_rescale_out_of_range"):
+            bad = checks["add_rescale_out_of_range"][0]
+            raise RuntimeError(
+                f"int8 {bad['type']} (op {bad['op']}, output {bad['output']!r}) rescales its inputs by "
+                f"{bad['ratio']:.3g}× more than LiteRT's kernel can represent: the interpreter would abort the "
+                f"process ({len(checks['add_rescale_out_of_range'])} such ops). Its input ranges are far wider than "
+                "its output's, typically broken BatchNorm statistics (prune without BN re-estimation) or "
+                "calibration images unlike the model's data: calibrate with representative images (--calib DIR)")
         # AUTO op resolver = builtin kernels with the XNNPACK delegate applied by default (float and int8).
         interp = Interpreter(model_path=str(path), num_threads=THREADS)
         try:

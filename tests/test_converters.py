@@ -426,3 +426,51 @@ def test_same_export_twice_gives_identical_bytes(target, net, data, tmp_dir):
         assert inspect_mlpackage(again.path)["conv_ops"] == 7  # coremltools still reads the package
     if target == "executorch":  # the ETRecord holds Python object ids: the manifest says so
         assert "id()" in first.details["reproducible"][".etrecord"]
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def test_tflite_verify_refuses_int8_add_that_would_abort_the_interpreter(tmp_path):
+    """A pruned MobileNetV3-Small without BN re-estimation gave an int8 ADD with input scale 1.35e5 and output
+    scale 0.0235: LiteRT's ADD kernel fails a CHECK on that and aborts the process (SIGABRT, no Python error).
+    verify must name the op and refuse before the interpreter is built."""
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import contextlib
+    import sys
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    from benchmarks.int8_bench import export_tflite
+    from lwdeploy.converters.inspect_tflite import inspect_tflite
+    from lwdeploy.converters.tflite import TFLiteConverter
+
+    torch.manual_seed(0)
+    net = _Residual().eval()
+    x = torch.randn(8, 4, 8, 8)
+    with contextlib.redirect_stdout(sys.stderr):
+        good = export_tflite(net, x[:1], tmp_path / "good.tflite", int8=True, calib=list(x.split(1)))
+    assert inspect_tflite(good)["add_rescale_out_of_range"] == []
+    model = schema.ModelT.InitFromPackedBuf(bytearray(good.read_bytes()), 0)
+    graph = model.subgraphs[0]
+    add_code = [i for i, c in enumerate(model.operatorCodes)
+                if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.ADD]
+    add = next(op for op in graph.operators if op.opcodeIndex in add_code)
+    out_q = graph.tensors[add.outputs[0]].quantization
+    out_q.scale = [float(out_q.scale[0]) * 1e-7]   # output range 10⁷× narrower than the inputs'
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(builder.Output()))
+    found = inspect_tflite(bad)["add_rescale_out_of_range"]
+    assert len(found) == 1 and found[0]["type"] == "ADD" and found[0]["ratio"] > 1
+    with pytest.raises(RuntimeError, match="int8 ADD .* would abort"):
+        TFLiteConverter().verify(bad, x[:2], net(x[:2]).detach())
