@@ -64,6 +64,8 @@ def _vendor_quantized(model, example, calib, target):
 
 
 KEEP_FLOAT_BUDGET: float | None = None      # --keep-float-budget
+WEIGHT_ROUNDING = "nearest"                 # --weight-rounding
+BIAS_CORRECTION = True                      # --no-bias-correction
 
 
 def _quantized(model, example, calib, target, vendor):
@@ -71,7 +73,8 @@ def _quantized(model, example, calib, target, vendor):
         return _vendor_quantized(model, example, calib, target)
     from lwdeploy.quantization.pt2e import quantize
 
-    qm = quantize(model, example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET)
+    qm = quantize(model, example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET,
+                  weight_rounding=WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
     return qm.module, qm.quantizer
 
 
@@ -254,6 +257,8 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
                            "weights": "pretrained" if pretrained else "random init, BatchNorm statistics from the calibration crops",
                            "calibration": images.describe(), "targets": {}}
     vendor = args.vendor_all or name.startswith("mobilenet_v2")
+    if args.simulated:
+        return _simulated(row, model, images, example, calib, reference, targets, say, args.subset)
     for target in targets:
         say(f"{name} / {target}: exporting")
         variants: dict[str, dict] = {}
@@ -278,7 +283,10 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
                     outputs = executorch_run(path, images.heldout)
                 v["export_s"] = round(time.perf_counter() - t0, 1)
                 v["size_bytes"] = path.stat().st_size
-                v["fidelity"] = compare_outputs(reference, torch.from_numpy(outputs).reshape(reference.shape))
+                outputs = torch.from_numpy(outputs).reshape(reference.shape)
+                v["fidelity"] = compare_outputs(reference, outputs)
+                if 0 < args.subset < len(reference):     # the same crops a --heldout SUBSET run measures
+                    v[f"fidelity_first_{args.subset}"] = compare_outputs(reference[:args.subset], outputs[:args.subset])
                 v["path"] = path
                 variants[kind] = v
             say(f"{name} / {target}: timing {len(variants)} variants")
@@ -313,6 +321,46 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
             }
         row["targets"][target] = variants
     return row
+
+
+def _simulated(row, model, images, example, calib, reference, targets, say, subset: int) -> dict:
+    """--simulated: fidelity of the quantized PT2E program itself (int8 simulated in PyTorch), no artifact,
+    no timing — minutes faster, for trying quantization recipes before exporting."""
+    from lwdeploy.quantization.fidelity import compare_outputs
+    from lwdeploy.quantization.lowering import lower
+    from lwdeploy.quantization.pt2e import quantize
+
+    for target in targets:
+        say(f"{row['model']} / {target}: simulated int8")
+        t0, c0 = time.perf_counter(), time.process_time()
+        qm = quantize(lower(model, target, int8=True), example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET,
+                      weight_rounding=WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        with torch.no_grad():
+            out = torch.cat([qm.module(x.unsqueeze(0)) for x in images.heldout]).reshape(reference.shape)
+        row["targets"][target] = {"int8_simulated": {
+            "fidelity": compare_outputs(reference, out),
+            **({f"fidelity_first_{subset}": compare_outputs(reference[:subset], out[:subset])}
+               if 0 < subset < len(reference) else {}),
+            "quantize_wall_s": round(wall, 1), "quantize_cpu_s": round(cpu, 1),
+            "weight_rounding": qm.scheme.get("weight_rounding"), "bias_correction": qm.scheme.get("bias_correction")}}
+    return row
+
+
+def simulated_markdown(rows: list[dict]) -> str:
+    lines = ["| model | target | weight rounding | bias correction | crops | top-1 agree | top-5 contain | out SQNR dB | "
+             "quantize wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for target, v in r["targets"].items():
+            v = v["int8_simulated"]
+            for key, f in v.items():
+                if not key.startswith("fidelity"):
+                    continue
+                crops = key.rsplit("_", 1)[1] if key != "fidelity" else "all"
+                lines.append(f"| {r['model']} | {target} | {v['weight_rounding']} | {v['bias_correction']} | {crops} | "
+                             f"{f['top1_agreement']:.3f} | {f['top5_containment']:.3f} | {f['output_sqnr_db']} | "
+                             f"{v['quantize_wall_s']} | {v['quantize_cpu_s']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _has_hswish_or_se(model) -> bool:
@@ -467,6 +515,8 @@ def main(argv=None) -> int:
                    help="runtime threads; 1 (default) makes CPU time a load-independent latency measure")
     p.add_argument("--calib", type=int, default=64)
     p.add_argument("--heldout", type=int, default=200)
+    p.add_argument("--subset", type=int, default=200,
+                   help="also report fidelity on the first N held-out crops (the crops a --heldout N run uses)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -474,6 +524,11 @@ def main(argv=None) -> int:
     p.add_argument("--docs", type=Path, help="also write this markdown page (e.g. docs/int8.md)")
     p.add_argument("--keep-float-budget", type=float,
                    help="int8 variant keeps its worst layers in float within this MAC share (e.g. 0.05)")
+    p.add_argument("--weight-rounding", choices=["nearest", "adaround"], default="nearest",
+                   help="int8 variant's weight rounding: the quantizers' nearest, or learned (quantization/adaround.py)")
+    p.add_argument("--no-bias-correction", action="store_true", help="int8 variant without bias correction")
+    p.add_argument("--simulated", action="store_true",
+                   help="fidelity of the simulated int8 PT2E program only (no artifacts, no timing)")
     p.add_argument("--fashion", action="store_true",
                    help="Fashion-MNIST accuracy mode: train each model briefly, compare int8 artifacts' test accuracy")
     p.add_argument("--fashion-resolution", type=int, default=32)
@@ -481,8 +536,9 @@ def main(argv=None) -> int:
     p.add_argument("--fashion-train", type=int, default=20000, help="training images (first N of the train split)")
     p.add_argument("--fashion-test", type=int, default=10000, help="test images (first N of the test split)")
     args = p.parse_args(argv)
-    global KEEP_FLOAT_BUDGET
+    global KEEP_FLOAT_BUDGET, WEIGHT_ROUNDING, BIAS_CORRECTION
     KEEP_FLOAT_BUDGET = args.keep_float_budget
+    WEIGHT_ROUNDING, BIAS_CORRECTION = args.weight_rounding, not args.no_bias_correction
     if args.quick:
         args.calib, args.heldout, args.rounds = min(args.calib, 16), min(args.heldout, 32), min(args.rounds, 30)
     # CNNs only: the ViT hybrids (MobileViT, EdgeViT) have attention the issue tracks separately
@@ -494,7 +550,8 @@ def main(argv=None) -> int:
     meta = {"host": platform.processor() or platform.machine(), "threads": args.threads, "rounds": args.rounds,
             "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
             "quick": args.quick, "calibration_images": args.calib, "heldout_images": args.heldout,
-            "keep_float_budget": args.keep_float_budget}
+            "keep_float_budget": args.keep_float_budget, "weight_rounding": args.weight_rounding,
+            "bias_correction": not args.no_bias_correction, "simulated": args.simulated}
     torch.set_num_threads(args.threads)
     from rich.console import Console
 
@@ -517,9 +574,9 @@ def main(argv=None) -> int:
             write_docs(args.docs, fashion=table)
         print(table)
         return 0
-    table = markdown(rows, meta)
+    table = simulated_markdown(rows) if args.simulated else markdown(rows, meta)
     (args.out / f"int8_{stamp}.md").write_text(table)
-    if args.docs:
+    if args.docs and not args.simulated:        # the docs table is the artifacts' one
         write_docs(args.docs, main=table, command=" ".join(["python benchmarks/int8_bench.py", *sys.argv[1:]]))
     print(table)
     return 0

@@ -60,13 +60,16 @@ def _folded_weight(layer: nn.Module, bn: nn.BatchNorm2d | None) -> torch.Tensor:
 
 @torch.no_grad()
 def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[str] = (),
-                   batch: int = 16) -> tuple[nn.Module, int]:
+                   batch: int = 16, reference: nn.Module | None = None) -> tuple[nn.Module, int]:
     """A copy of `model` with biases corrected for int8 weight rounding; returns (copy, layers corrected).
 
     `skip`: module paths (and everything inside them) left alone — layers kept in float.
+    `reference`: the float model whose weights `model`'s were derived from (adaround.py rounds them onto the
+    int8 grid already, so the shift to correct is Q(W) − W_reference, not Q(W) − W = 0). Same module paths.
     """
     out = copy.deepcopy(model).eval()
     modules = dict(out.named_modules())
+    ref_modules = dict(reference.named_modules()) if reference is not None else modules
     skip = tuple(skip or ())
     layers = {}
     for path, m in modules.items():
@@ -78,7 +81,9 @@ def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Ite
             continue
         bn = _bn_after(path, modules) if isinstance(m, nn.Conv2d) else None
         w = _folded_weight(m, bn)
-        layers[path] = (m, bn, int8_weight(w) - w)
+        w_ref = w if reference is None else _folded_weight(ref_modules[path], _bn_after(path, ref_modules)
+                                                           if isinstance(m, nn.Conv2d) else None)
+        layers[path] = (m, bn, int8_weight(w) - w_ref)
     if not layers:
         return out, 0
     sums: dict[str, torch.Tensor] = {}

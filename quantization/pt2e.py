@@ -151,12 +151,15 @@ def quantize(
     timings: Any = None,
     bias_correction: bool = True,
     keep_float_budget: float | None = None,
+    weight_rounding: str = "nearest",
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
 
     `quantizer` picks another row of QUANTIZER_BUILDERS (e.g. "coreml-native"); default: the target's.
     `keep_float`: module paths left in float (ExportRequest.options["keep_float"]; see quantization/keep_float.py).
     `bias_correction`: correct each layer's bias for the mean shift of its int8 weights (bias_correction.py).
+    `weight_rounding`: "nearest" (the quantizers' own), or "adaround": learned up/down rounding on the same
+    int8 grid, written into the float weights before export (adaround.py).
     `keep_float_budget`: also keep the worst layers (per-layer SQNR drop, measured on a first int8 pass over
     8 calibration images) in float, as long as their share of the model's MACs stays within this fraction
     (keep_float.choose_within_budget); costs a second quantization pass.
@@ -178,7 +181,7 @@ def quantize(
                                 "e.g. 0.05 keeps float layers worth at most 5 % of the MACs")
         return _quantize_within_budget(model, example, target, calib, quantizer=quantizer,
                                        keep_float=keep_float, timings=timings, bias_correction=bias_correction,
-                                       budget=keep_float_budget)
+                                       weight_rounding=weight_rounding, budget=keep_float_budget)
     quantizer_obj, scheme, fold = QUANTIZER_BUILDERS[builder]()
 
     t0 = time.perf_counter()
@@ -186,12 +189,22 @@ def quantize(
     step = timings if timings is not None else _no_timer
     keep_float = list(keep_float or [])
     corrected = 0
+    if weight_rounding not in ("nearest", "adaround"):
+        raise LwdeployError(f"unknown weight rounding {weight_rounding!r}", "one of: nearest, adaround")
+    original, rounded = model, None
+    if weight_rounding == "adaround":
+        from lwdeploy.quantization.adaround import adaround
+
+        # on a copy: weights moved onto the int8 grid with learned rounding; PT2E re-quantizes them losslessly
+        with step("quantize.adaround"):
+            model, rounded = adaround(model, calib, skip=keep_float or ())
     if bias_correction:
         from lwdeploy.quantization.bias_correction import correct_biases
 
         # on a copy: int8 weight rounding shifts each layer's output mean; the bias takes it back
         with step("quantize.bias_correction"):
-            model, corrected = correct_biases(model, calib, skip=keep_float or ())
+            model, corrected = correct_biases(model, calib, skip=keep_float or (),
+                                              reference=original if rounded is not None else None)
     # strict (dynamo) export records source_fn_stack; without it litert-torch's "add" annotator matches no
     # residual add (torch_fn names it "add", the annotator wants operator.add), so chained residual adds
     # stayed float with DEQUANTIZE/QUANTIZE around them (measured on MobileNetV3). Non-strict as fallback.
@@ -237,6 +250,9 @@ def quantize(
     }
     scheme["bias_correction"] = (f"{corrected} layers: bias -= E[(Q(W) - W)·x] on the calibration images"
                                  if bias_correction else "off")
+    scheme["weight_rounding"] = ("nearest" if rounded is None else
+                                 f"adaround: {sum(r['kept'] == 'adaround' for r in rounded.values())} of "
+                                 f"{len(rounded)} layers learned (others nearest)")
     if unsplatted:
         scheme["uniform_biases_nudged"] = unsplatted
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)

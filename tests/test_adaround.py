@@ -1,0 +1,85 @@
+"""AdaRound (quantization/adaround.py): learned rounding stays on the quantizers' int8 grid and beats nearest
+rounding on the layer's output error over the calibration data."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lwdeploy.quantization.adaround import adaround, nearest_int8, round_layer, weight_scale
+from lwdeploy.quantization.bias_correction import _folded_weight
+
+
+def _net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU6(),
+                        nn.Conv2d(16, 24, 1), nn.Flatten(), nn.Linear(24 * 8 * 8, 10)).eval()
+    with torch.no_grad():   # non-trivial BN folding, so the write-back through the BN factor is exercised
+        net[1].running_var.uniform_(0.5, 2.0)
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].running_mean.uniform_(-0.2, 0.2)
+    return net
+
+
+def _calib(n=24):
+    g = torch.Generator().manual_seed(1)
+    return [torch.rand(1, 3, 8, 8, generator=g) * 2 - 0.5 for _ in range(n)]   # not zero-mean, like photos
+
+
+def _conv_out(net, path, weight, x):
+    layer = dict(net.named_modules())[path]
+    return F.conv2d(x, weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def test_rounded_weights_on_grid_with_unchanged_scale():
+    net = _net()
+    out, report = adaround(net, _calib(), iters=100)
+    assert set(report) == {"0", "3", "5", "7"}
+    for path, bn in (("0", "1"), ("3", None), ("5", None), ("7", None)):
+        ref_mods, mods = dict(net.named_modules()), dict(out.named_modules())
+        w0 = _folded_weight(ref_mods[path], ref_mods.get(bn) if bn else None)
+        w = _folded_weight(mods[path], mods.get(bn) if bn else None)
+        s = weight_scale(w)
+        torch.testing.assert_close(s, weight_scale(w0), rtol=1e-6, atol=0)   # the observer finds the same scale
+        q = w / s
+        assert (q - q.round()).abs().max() < 1e-3                            # on the int8 grid: PT2E is lossless
+        assert q.abs().max() <= 127 + 1e-3
+        # every weight is floor or ceil of the float one: a rounding choice, not a new value
+        step = q.round() - torch.floor(w0 / s)
+        assert ((step == 0) | (step == 1)).all()
+        torch.testing.assert_close(nearest_int8(w), w, rtol=0, atol=1e-3 * float(s.min()))
+
+
+def test_learned_rounding_beats_nearest_on_calibration_outputs():
+    net = _net()
+    calib = _calib()
+    out, report = adaround(net, calib, iters=200)
+    x = torch.cat(calib)
+    # inputs of the depthwise conv (index 3) and the pointwise conv (index 5), as the float net computes them
+    with torch.no_grad():
+        a3 = net[:3](x)
+        a5 = net[:5](x)
+    improved = 0
+    for path, inp in (("3", a3), ("5", a5)):
+        w0 = dict(net.named_modules())[path].weight.detach()
+        wl = dict(out.named_modules())[path].weight.detach()
+        ref = _conv_out(net, path, w0, inp)
+        err_nearest = float((_conv_out(net, path, nearest_int8(w0), inp) - ref).pow(2).mean())
+        err_learned = float((_conv_out(net, path, wl, inp) - ref).pow(2).mean())
+        assert err_learned <= err_nearest * (1 + 1e-6)
+        improved += err_learned < 0.97 * err_nearest
+    assert improved >= 1, report            # a broken optimiser falls back to nearest everywhere
+
+
+def test_round_layer_reduces_quadratic_error_on_correlated_inputs():
+    # strongly correlated inputs: errors of neighbouring weights can cancel, which nearest rounding ignores
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(4096, 1, generator=g)
+    x = base + 0.1 * torch.randn(4096, 64, generator=g)
+    gram = (x.T @ x / len(x)).unsqueeze(0)
+    w = torch.randn(32, 64, generator=g)
+    learned, stats = round_layer(w, gram, 1, iters=300)
+    assert stats["kept"] == "adaround"
+    assert stats["err_adaround"] < 0.5 * stats["err_nearest"]
+    s = weight_scale(w)
+    assert ((learned / s) - (learned / s).round()).abs().max() < 1e-4
