@@ -33,6 +33,7 @@ from lwdeploy.errors import LwdeployError
 
 from .base import ConversionResult, Converter, ExportRequest, Verification
 from .diagnose import explain_failure
+from .provenance import shared_node_provenance
 from .timing import StageTimer
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -156,37 +157,38 @@ class CoreMLConverter(Converter):
         quantization: dict[str, Any] = {"scheme": "none (float32)" if not opts["fp16"] else "none (float16 compute)"}
         exported = None
         try:
-            if shared is not None:
-                quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **shared.scheme,
-                                "shared": "the calibrated PT2E program is shared with the ExecuTorch export (same "
-                                "XNNPACK annotation rules and lowering): calibrated once"}
-            elif req.int8:
-                from lwdeploy.quantization import quantize
+            with shared_node_provenance():  # cheaper torch.export/decompositions (provenance.py)
+                if shared is not None:
+                    quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **shared.scheme,
+                                    "shared": "the calibrated PT2E program is shared with the ExecuTorch export (same "
+                                    "XNNPACK annotation rules and lowering): calibrated once"}
+                elif req.int8:
+                    from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"],
-                              keep_float=req.options.get("keep_float"), timings=timer,
-                              keep_float_budget=req.options.get("keep_float_budget"))
-                model = qm.module
-                quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **qm.scheme}
-            with timer("torch_export"):
-                exported = torch.export.export(model, (example,))
-                exported = _strip_alias(exported.run_decompositions({}))
-            kwargs: dict[str, Any] = {}
-            if opts["classifier"]:
-                kwargs["classifier_config"] = ct.ClassifierConfig(labels)
-            else:
-                kwargs["outputs"] = [ct.TensorType(name=OUTPUT_NAME)]
-            with timer("ct_convert"):
-                mlmodel = ct.convert(
-                    exported,
-                    inputs=[ct.ImageType(name=INPUT_NAME, shape=tuple(req.example.shape), scale=image["scale"],
-                                         bias=image["bias"], color_layout=ct.colorlayout.RGB)],
-                    convert_to="mlprogram",
-                    minimum_deployment_target=getattr(ct.target, opts["min_target"]),
-                    compute_precision=ct.precision.FLOAT16 if opts["fp16"] else ct.precision.FLOAT32,
-                    skip_model_load=True,          # nothing can load it on Linux; on macOS the app compiles it
-                    **kwargs,
-                )
+                    qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"],
+                                  keep_float=req.options.get("keep_float"), timings=timer,
+                                  keep_float_budget=req.options.get("keep_float_budget"))
+                    model = qm.module
+                    quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **qm.scheme}
+                with timer("torch_export"):
+                    exported = torch.export.export(model, (example,))
+                    exported = _strip_alias(exported.run_decompositions({}))
+                kwargs: dict[str, Any] = {}
+                if opts["classifier"]:
+                    kwargs["classifier_config"] = ct.ClassifierConfig(labels)
+                else:
+                    kwargs["outputs"] = [ct.TensorType(name=OUTPUT_NAME)]
+                with timer("ct_convert"):
+                    mlmodel = ct.convert(
+                        exported,
+                        inputs=[ct.ImageType(name=INPUT_NAME, shape=tuple(req.example.shape), scale=image["scale"],
+                                             bias=image["bias"], color_layout=ct.colorlayout.RGB)],
+                        convert_to="mlprogram",
+                        minimum_deployment_target=getattr(ct.target, opts["min_target"]),
+                        compute_precision=ct.precision.FLOAT16 if opts["fp16"] else ct.precision.FLOAT32,
+                        skip_model_load=True,          # nothing can load it on Linux; on macOS the app compiles it
+                        **kwargs,
+                    )
         except LwdeployError:
             raise
         except Exception as e:

@@ -22,6 +22,7 @@ from lwdeploy.errors import LwdeployError
 from .base import ConversionResult, Converter, ExportRequest, Verification
 from .diagnose import explain_failure
 from .fidelity import compare, time_calls
+from .provenance import shared_node_provenance
 from .timing import StageTimer
 
 WARMUP, TIMED_RUNS = 20, 50
@@ -103,23 +104,24 @@ class ExecuTorchConverter(Converter):
         delegate = req.options.get("delegate", "xnnpack")
         partitioner = _partitioner(delegate, req)
         try:
-            if req.int8:
-                from lwdeploy.quantization import quantize
+            with shared_node_provenance():  # ~30 % less CPU in to_edge_transform_and_lower
+                if req.int8:
+                    from lwdeploy.quantization import quantize
 
-                qm = req.quantized or quantize(model, example, "executorch", req.calib,
-                                               keep_float=req.options.get("keep_float"), timings=timer,
-                                               keep_float_budget=req.options.get("keep_float_budget"))
-                model = qm.module
-                quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
-            with timer("torch_export"):
-                exported = torch.export.export(model, (example,))
-            graph_for_errors = exported
-            with timer("to_edge_transform_and_lower"):
-                edge = to_edge_transform_and_lower(exported, partitioner=[partitioner],
-                                                   generate_etrecord=generate_etrecord)
-            delegation = {"delegate": delegate, **delegation_of(edge)}
-            with timer("to_executorch"):
-                program = edge.to_executorch()
+                    qm = req.quantized or quantize(model, example, "executorch", req.calib,
+                                                   keep_float=req.options.get("keep_float"), timings=timer,
+                                                   keep_float_budget=req.options.get("keep_float_budget"))
+                    model = qm.module
+                    quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
+                with timer("torch_export"):
+                    exported = torch.export.export(model, (example,))
+                graph_for_errors = exported
+                with timer("to_edge_transform_and_lower"):
+                    edge = to_edge_transform_and_lower(exported, partitioner=[partitioner],
+                                                       generate_etrecord=generate_etrecord)
+                delegation = {"delegate": delegate, **delegation_of(edge)}
+                with timer("to_executorch"):
+                    program = edge.to_executorch()
         except LwdeployError:
             raise
         except Exception as e:

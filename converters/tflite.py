@@ -21,6 +21,7 @@ from lwdeploy.errors import LwdeployError
 from .base import ConversionResult, Converter, ExportRequest, Verification
 from .diagnose import explain_failure
 from .fidelity import compare, time_calls
+from .provenance import shared_node_provenance
 from .timing import StageTimer
 from .inspect_tflite import METADATA_NAME, add_metadata, inspect_tflite
 
@@ -54,20 +55,21 @@ class TFLiteConverter(Converter):
             notes.append("input layout NHWC (1,H,W,3)")
         quantization: dict = {"scheme": "none (float32)"}
         try:
-            if req.int8:
-                from litert_torch.quantize.quant_config import QuantConfig
+            with shared_node_provenance():  # cheaper torch.export/decompositions (provenance.py)
+                if req.int8:
+                    from litert_torch.quantize.quant_config import QuantConfig
 
-                from lwdeploy.quantization import quantize
+                    from lwdeploy.quantization import quantize
 
-                qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"), timings=timer,
-                              keep_float_budget=req.options.get("keep_float_budget"))
-                with timer("litert_convert"):
-                    edge = litert_torch.convert(qm.module, (example,),
-                                                quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
-                quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
-            else:
-                with timer("litert_convert"):
-                    edge = litert_torch.convert(model, (example,))
+                    qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"), timings=timer,
+                                  keep_float_budget=req.options.get("keep_float_budget"))
+                    with timer("litert_convert"):
+                        edge = litert_torch.convert(qm.module, (example,),
+                                                    quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
+                    quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
+                else:
+                    with timer("litert_convert"):
+                        edge = litert_torch.convert(model, (example,))
         except LwdeployError:
             raise
         except Exception as e:

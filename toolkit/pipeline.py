@@ -48,7 +48,8 @@ def resolve_targets(names: Sequence[str]) -> list[str]:
     from lwdeploy.converters import TARGETS, get_target
 
     out: list[str] = []
-    for name in names or ("tflite",):
+    # `-t tflite -t coreml` and `--target tflite,executorch,coreml` both work
+    for name in [n.strip() for spec in (names or ("tflite",)) for n in str(spec).split(",") if n.strip()]:
         for n in (TARGETS if name == "all" else [get_target(name).name]):
             if n not in out:
                 out.append(n)
@@ -327,6 +328,7 @@ class _Shared:
 
 
 def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shared:
+    from lwdeploy.converters.provenance import shared_node_provenance
     from lwdeploy.converters.timing import StageTimer
     from lwdeploy.quantization import quantize
 
@@ -336,9 +338,10 @@ def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shar
     timer = StageTimer()
     with timer("lower"):
         lowered = lower_for(net, targets[0], plan.int8)
-    quantized = quantize(lowered, example, targets[0], images.calib_batches(),
-                         keep_float=plan.options.get("keep_float"), timings=timer,
-                         keep_float_budget=plan.options.get("keep_float_budget"))
+    with shared_node_provenance():  # cheaper torch.export / prepare_pt2e (converters/provenance.py)
+        quantized = quantize(lowered, example, targets[0], images.calib_batches(),
+                             keep_float=plan.options.get("keep_float"), timings=timer,
+                             keep_float_budget=plan.options.get("keep_float_budget"))
     return _Shared(lowered, quantized, timer, time.perf_counter() - t0)
 
 
@@ -463,11 +466,14 @@ def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, w
             mine, shared = groups[0], None
             if len(mine) > 1:
                 try:
+                    from lwdeploy.converters.provenance import shared_node_provenance
+
                     with captured_native_output():
                         shared = _shared_quantization(mine, net, example, images, plan, say)
-                        ep = torch.export.export(shared.quantized.module, (example,))
-                        buf = io.BytesIO()
-                        torch.export.save(ep, buf)
+                        with shared.timer("handoff_export"), shared_node_provenance():
+                            ep = torch.export.export(shared.quantized.module, (example,))
+                            buf = io.BytesIO()
+                            torch.export.save(ep, buf)
                     for target in mine[1:]:
                         say(f"{target}: handing the calibrated int8 program to a worker process")
                         futures.append(([target], pool.submit(_convert_worker_program, target, buf.getvalue(),
