@@ -167,7 +167,8 @@ class CoreMLConverter(Converter):
 
                     qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"],
                                   keep_float=req.options.get("keep_float"), timings=timer,
-                                  keep_float_budget=req.options.get("keep_float_budget"))
+                                  keep_float_budget=req.options.get("keep_float_budget"),
+                                  weight_rounding=req.options.get("weight_rounding", "nearest"))
                     model = qm.module
                     quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **qm.scheme}
                 with timer("torch_export"):

@@ -110,11 +110,13 @@ class ExecuTorchConverter(Converter):
 
                     qm = req.quantized or quantize(model, example, "executorch", req.calib,
                                                    keep_float=req.options.get("keep_float"), timings=timer,
-                                                   keep_float_budget=req.options.get("keep_float_budget"))
+                                                   keep_float_budget=req.options.get("keep_float_budget"),
+                                                   weight_rounding=req.options.get("weight_rounding", "nearest"))
                     model = qm.module
                     quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
                 with timer("torch_export"):
-                    exported = torch.export.export(model, (example,))
+                    # the pipeline exports a shared int8 program once to hand it to a worker: reuse that one
+                    exported = getattr(req.quantized, "exported", None) or torch.export.export(model, (example,))
                 graph_for_errors = exported
                 with timer("to_edge_transform_and_lower"):
                     edge = to_edge_transform_and_lower(exported, partitioner=[partitioner],

@@ -62,7 +62,8 @@ class TFLiteConverter(Converter):
                     from lwdeploy.quantization import quantize
 
                     qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"), timings=timer,
-                                  keep_float_budget=req.options.get("keep_float_budget"))
+                                  keep_float_budget=req.options.get("keep_float_budget"),
+                                  weight_rounding=req.options.get("weight_rounding", "nearest"))
                     with timer("litert_convert"):
                         edge = litert_torch.convert(qm.module, (example,),
                                                     quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))

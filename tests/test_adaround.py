@@ -83,3 +83,35 @@ def test_round_layer_reduces_quadratic_error_on_correlated_inputs():
     assert stats["err_adaround"] < 0.5 * stats["err_nearest"]
     s = weight_scale(w)
     assert ((learned / s) - (learned / s).round()).abs().max() < 1e-4
+
+
+def test_export_adaround_needs_int8(cli, tmp_path):
+    code, _, err = cli("export", "mobilenet_v3_small_100", "--adaround", "--out", tmp_path / "o")
+    assert code == 2, err
+    assert "add --int8" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_adaround_program_carries_learned_weights():
+    # the PT2E program re-quantizes the learned rounding losslessly: its int8 weights equal adaround's
+    from lwdeploy.quantization.pt2e import quantize
+
+    net = _net()
+    calib = [c for c in _calib(8)]
+    qm = quantize(net, calib[0], "executorch", calib, weight_rounding="adaround", bias_correction=False)
+    assert qm.scheme["weight_rounding"].startswith("adaround")
+    rounded, _ = adaround(net, calib)
+    want = {tuple(w.shape): w for w in (rounded[3].weight.detach(), rounded[5].weight.detach())}
+    found = 0
+    for node in qm.module.graph.nodes:       # folded int8 weights feed dequantize_per_channel
+        if node.op == "call_function" and "dequantize_per_channel" in str(node.target):
+            src = node.args[0]
+            if src.op != "get_attr":
+                continue
+            q = getattr(qm.module, src.target)
+            scale = getattr(qm.module, node.args[1].target)
+            w = q.float() * scale.view(-1, *([1] * (q.dim() - 1)))
+            if tuple(w.shape) in want:
+                torch.testing.assert_close(w, want[tuple(w.shape)], rtol=0, atol=1e-6)
+                found += 1
+    assert found == 2

@@ -341,7 +341,8 @@ def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shar
     with shared_node_provenance():  # cheaper torch.export / prepare_pt2e (converters/provenance.py)
         quantized = quantize(lowered, example, targets[0], images.calib_batches(),
                              keep_float=plan.options.get("keep_float"), timings=timer,
-                             keep_float_budget=plan.options.get("keep_float_budget"))
+                             keep_float_budget=plan.options.get("keep_float_budget"),
+                             weight_rounding=plan.options.get("weight_rounding", "nearest"))
     return _Shared(lowered, quantized, timer, time.perf_counter() - t0)
 
 
@@ -474,6 +475,7 @@ def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, w
                             ep = torch.export.export(shared.quantized.module, (example,))
                             buf = io.BytesIO()
                             torch.export.save(ep, buf)
+                        shared.quantized.exported = ep  # the same export ExecuTorch needs: not done twice
                     for target in mine[1:]:
                         say(f"{target}: handing the calibrated int8 program to a worker process")
                         futures.append(([target], pool.submit(_convert_worker_program, target, buf.getvalue(),
