@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 from torchao.quantization.pt2e.quantizer import (FixedQParamsQuantizationSpec, QuantizationAnnotation,
-                                                 Quantizer, SharedQuantizationSpec)
+                                                 QuantizationSpec, Quantizer, SharedQuantizationSpec)
 
 ANNOTATION = "quantization_annotation"
 _CLAMPS = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default, torch.ops.aten.clamp.default,
@@ -42,6 +42,7 @@ class FixedReLU6Ranges(Quantizer):
         super().__init__()
         self.quantizer = quantizer
         self.fixed = 0
+        self.fixed_readers = 0
 
     def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return self.quantizer.transform_for_annotation(model)
@@ -84,10 +85,47 @@ class FixedReLU6Ranges(Quantizer):
                     ann.input_qspec_map[key] = RELU6_SPEC
             if isinstance(ann.output_qspec, SharedQuantizationSpec) and _points_to_moved(ann.output_qspec):
                 ann.output_qspec = RELU6_SPEC
+        self.fixed_readers = _fixed_range_reaches_readers(model)
         return model
 
     def validate(self, model: torch.fx.GraphModule) -> None:
         self.quantizer.validate(model)
+
+
+def _resolve(spec, seen=None):
+    """Follow SharedQuantizationSpec links (node → its output spec, edge → that input edge's spec)."""
+    seen = seen if seen is not None else set()
+    while isinstance(spec, SharedQuantizationSpec) and id(spec) not in seen:
+        seen.add(id(spec))
+        target = spec.edge_or_node
+        if isinstance(target, tuple):
+            ann = target[1].meta.get(ANNOTATION)
+            spec = ann.input_qspec_map.get(target[0]) if ann is not None else None
+        else:
+            ann = target.meta.get(ANNOTATION)
+            spec = ann.output_qspec if ann is not None else None
+    return spec
+
+
+def _fixed_range_reaches_readers(model: torch.fx.GraphModule) -> int:
+    """A ReLU6 output that passes through qparam-sharing ops (reshape/transpose/slice/pad …, which share
+    their input's range) is still on the fixed [0, 6] grid; the op that finally reads it takes that range on
+    its input edge too, as direct readers of the clamp do above. With its own observer there instead, the
+    last sharing op got a requantization folded into it: MicroNet's channel shuffle (unflatten → transpose →
+    flatten → conv) failed TFLite int8's same-scale check on TRANSPOSE (scale 6/255 vs 5.997/255)."""
+    changed = 0
+    for node in model.graph.nodes:
+        ann = node.meta.get(ANNOTATION)
+        if ann is None or not isinstance(ann.output_qspec, SharedQuantizationSpec):
+            continue
+        if _resolve(ann.output_qspec) is not RELU6_SPEC:
+            continue
+        for user in node.users:
+            uann = user.meta.get(ANNOTATION)
+            if uann is not None and type(uann.input_qspec_map.get(node)) is QuantizationSpec:
+                uann.input_qspec_map[node] = RELU6_SPEC
+                changed += 1
+    return changed
 
 
 def _points_to_moved(spec: SharedQuantizationSpec) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lwdeploy.models.layers import channel_shuffle
 from lwdeploy.quantization.tflite_int8 import (TFLiteInt8Quantizer, border_divisor_map,
                                                padded_avg_pools_to_depthwise, splits_to_slices)
 
@@ -109,20 +110,47 @@ def test_data_movement_ops_share_their_input_qparams():
     assert q.rewritten["split_to_slices"] == 2 and q.rewritten["shared_qparams"] >= len(slices)
 
 
+def test_relu6_range_reaches_the_reader_after_a_channel_shuffle():
+    """ReLU6's fixed [0, 6] range passes through the shuffle's reshape/transpose (shared qparams); the conv
+    that reads it must take that range too, or its own observer becomes a requantization folded into the
+    TRANSPOSE (MicroNet: scale 6/255 vs 5.997/255, refused by TFLite)."""
+    from litert_torch.quantize import pt2e_quantizer as pq
+
+    from lwdeploy.quantization.fixed_ranges import RELU6_SPEC, FixedReLU6Ranges
+
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act, self.b = nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.b(channel_shuffle(self.act(self.a(x)), 2))
+
+    gm = torch.export.export(Shuffle().eval(), (torch.randn(1, 3, 4, 4),), strict=True).module()
+    inner = TFLiteInt8Quantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+    q = FixedReLU6Ranges(inner)
+    gm = q.transform_for_annotation(gm)
+    q.annotate(gm)
+    conv_b = [n for n in gm.graph.nodes if n.target is aten.conv2d.default][-1]
+    assert conv_b.meta["quantization_annotation"].input_qspec_map[conv_b.args[0]] is RELU6_SPEC
+    assert q.fixed == 1 and q.fixed_readers == 1
+
+
 class SameScaleNet(nn.Module):
     """The four failing matrix cells in miniature: DiCENet's AvgPool2d(3, 2, 1), NASNet's
-    AvgPool2d(3, 1, 1, count_include_pad=False), MicroNet's split of a 1×1 coefficient tensor."""
+    AvgPool2d(3, 1, 1, count_include_pad=False), MicroNet's split of a 1×1 coefficient tensor and its channel
+    shuffle of a ReLU6 output."""
 
     def __init__(self):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6())
         self.down = nn.AvgPool2d(3, 2, 1)
         self.same = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
         self.fc = nn.Linear(8, 16)
         self.head = nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        y = self.stem(x)
+        y = channel_shuffle(self.stem(x), 2)          # MicroNet: ReLU6 → shuffle → conv (TRANSPOSE)
         y = self.same(self.down(y)) + self.down(y)
         coef = self.fc(y.mean((2, 3)))[:, :, None, None]
         a, b = torch.split(coef, 8, dim=1)
