@@ -68,24 +68,24 @@ WEIGHT_ROUNDING = "nearest"                 # --weight-rounding
 BIAS_CORRECTION = True                      # --no-bias-correction
 
 
-def _quantized(model, example, calib, target, vendor):
+def _quantized(model, example, calib, target, vendor, rounding=None):
     if vendor:
         return _vendor_quantized(model, example, calib, target)
     from lwdeploy.quantization.pt2e import quantize
 
     qm = quantize(model, example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET,
-                  weight_rounding=WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
+                  weight_rounding=rounding or WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
     return qm.module, qm.quantizer
 
 
-def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False) -> Path:
+def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False, rounding=None) -> Path:
     import litert_torch
 
     model = copy.deepcopy(model).eval()
     if int8:
         from litert_torch.quantize.quant_config import QuantConfig
 
-        gm, q = _quantized(model, example, calib or [example], "tflite", vendor)
+        gm, q = _quantized(model, example, calib or [example], "tflite", vendor, rounding)
         edge = litert_torch.convert(gm, (example,), quant_config=QuantConfig(pt2e_quantizer=q))
     else:
         edge = litert_torch.convert(model, (example,))
@@ -93,13 +93,14 @@ def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor:
     return Path(path)
 
 
-def export_executorch(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False) -> tuple[Path, dict]:
+def export_executorch(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False,
+                      rounding=None) -> tuple[Path, dict]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     model = copy.deepcopy(model).eval()
     if int8:
-        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor)
+        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor, rounding)
         ep = torch.export.export(gm, (example,))
     else:
         ep = torch.export.export(model, (example,))
@@ -263,14 +264,16 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
         say(f"{name} / {target}: exporting")
         variants: dict[str, dict] = {}
         try:
-            for kind in ["float", "int8"] + (["vendor_int8"] if vendor else []):
+            both = args.weight_rounding == "both"      # int8 with nearest AND learned rounding, one float
+            for kind in ["float", "int8"] + (["int8_adaround"] if both else []) + (["vendor_int8"] if vendor else []):
                 int8 = kind != "float"
+                rounding = "adaround" if kind == "int8_adaround" else ("nearest" if both else None)
                 src = model if kind == "vendor_int8" else lower(model, target, int8=int8)
                 t0 = time.perf_counter()
                 if target == "tflite":
                     with contextlib.redirect_stdout(sys.stderr):     # litert-torch prints progress on stdout
                         path = export_tflite(src, example, work / f"{name}_{kind}.tflite", int8=int8,
-                                             calib=calib, vendor=kind == "vendor_int8")
+                                             calib=calib, vendor=kind == "vendor_int8", rounding=rounding)
                     ops = tflite_op_counts(path)
                     v = {"ops": {k: ops.get(k, 0) for k in ("TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "PAD",
                                                              "HARD_SWISH")},
@@ -278,7 +281,7 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
                     outputs = tflite_run(path, images.heldout, args.threads)
                 else:
                     path, structure = export_executorch(src, example, work / f"{name}_{kind}.pte", int8=int8,
-                                                        calib=calib, vendor=kind == "vendor_int8")
+                                                        calib=calib, vendor=kind == "vendor_int8", rounding=rounding)
                     v = dict(structure)
                     outputs = executorch_run(path, images.heldout)
                 v["export_s"] = round(time.perf_counter() - t0, 1)
@@ -330,20 +333,24 @@ def _simulated(row, model, images, example, calib, reference, targets, say, subs
     from lwdeploy.quantization.lowering import lower
     from lwdeploy.quantization.pt2e import quantize
 
+    roundings = ["nearest", "adaround"] if WEIGHT_ROUNDING == "both" else [WEIGHT_ROUNDING]
     for target in targets:
-        say(f"{row['model']} / {target}: simulated int8")
-        t0, c0 = time.perf_counter(), time.process_time()
-        qm = quantize(lower(model, target, int8=True), example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET,
-                      weight_rounding=WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        with torch.no_grad():
-            out = torch.cat([qm.module(x.unsqueeze(0)) for x in images.heldout]).reshape(reference.shape)
-        row["targets"][target] = {"int8_simulated": {
-            "fidelity": compare_outputs(reference, out),
-            **({f"fidelity_first_{subset}": compare_outputs(reference[:subset], out[:subset])}
-               if 0 < subset < len(reference) else {}),
-            "quantize_wall_s": round(wall, 1), "quantize_cpu_s": round(cpu, 1),
-            "weight_rounding": qm.scheme.get("weight_rounding"), "bias_correction": qm.scheme.get("bias_correction")}}
+        row["targets"][target] = {}
+        for rounding in roundings:
+            say(f"{row['model']} / {target}: simulated int8, {rounding} rounding")
+            t0, c0 = time.perf_counter(), time.process_time()
+            qm = quantize(lower(model, target, int8=True), example, target, calib,
+                          keep_float_budget=KEEP_FLOAT_BUDGET, weight_rounding=rounding,
+                          bias_correction=BIAS_CORRECTION)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            with torch.no_grad():
+                out = torch.cat([qm.module(x.unsqueeze(0)) for x in images.heldout]).reshape(reference.shape)
+            row["targets"][target][f"int8_simulated_{rounding}"] = {
+                "fidelity": compare_outputs(reference, out),
+                **({f"fidelity_first_{subset}": compare_outputs(reference[:subset], out[:subset])}
+                   if 0 < subset < len(reference) else {}),
+                "quantize_wall_s": round(wall, 1), "quantize_cpu_s": round(cpu, 1),
+                "weight_rounding": qm.scheme.get("weight_rounding"), "bias_correction": qm.scheme.get("bias_correction")}
     return row
 
 
@@ -351,15 +358,15 @@ def simulated_markdown(rows: list[dict]) -> str:
     lines = ["| model | target | weight rounding | bias correction | crops | top-1 agree | top-5 contain | out SQNR dB | "
              "quantize wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for target, v in r["targets"].items():
-            v = v["int8_simulated"]
-            for key, f in v.items():
-                if not key.startswith("fidelity"):
-                    continue
-                crops = key.rsplit("_", 1)[1] if key != "fidelity" else "all"
-                lines.append(f"| {r['model']} | {target} | {v['weight_rounding']} | {v['bias_correction']} | {crops} | "
-                             f"{f['top1_agreement']:.3f} | {f['top5_containment']:.3f} | {f['output_sqnr_db']} | "
-                             f"{v['quantize_wall_s']} | {v['quantize_cpu_s']} |")
+        for target, variants in r["targets"].items():
+            for v in variants.values():
+                for key, f in v.items():
+                    if not key.startswith("fidelity"):
+                        continue
+                    crops = key.rsplit("_", 1)[1] if key != "fidelity" else f"all {r['calibration']['heldout_images']}"
+                    lines.append(f"| {r['model']} | {target} | {v['weight_rounding']} | {v['bias_correction']} | "
+                                 f"{crops} | {f['top1_agreement']:.3f} | {f['top5_containment']:.3f} | "
+                                 f"{f['output_sqnr_db']} | {v['quantize_wall_s']} | {v['quantize_cpu_s']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -448,8 +455,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Host: {meta['host']} · {meta['threads']} threads · load average at start {meta['loadavg']} · "
              f"{meta['rounds']} interleaved rounds · torch {meta['torch']}", "",
              "| model | target | variant | CPU ms | wall ms | ×float | size MB | ×float | TRANSPOSE | Q | DQ | PAD | "
-             "partitions | top-1 agree | top-5 contain | out SQNR dB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "partitions | top-1 agree | top-5 contain | out SQNR dB | top-1 agree, first crops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for target, variants in r["targets"].items():
             if "error" in variants:
@@ -465,8 +472,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
                     f"{v.get('latency_ratio', 1.0):.2f} | {v['size_bytes'] / 1e6:.2f} | {v.get('size_ratio', 1.0):.3f} | "
                     f"{ops.get('TRANSPOSE', '–')} | {ops.get('QUANTIZE', '–')} | {ops.get('DEQUANTIZE', '–')} | "
                     f"{ops.get('PAD', '–')} | {part} | {fid['top1_agreement']:.3f} | {fid['top5_containment']:.3f} | "
-                    f"{fid['output_sqnr_db']} |")
+                    f"{fid['output_sqnr_db']} | {_first_crops(v)} |")
     return "\n".join(lines) + "\n"
+
+
+def _first_crops(v: dict) -> str:
+    key = next((k for k in v if k.startswith("fidelity_first_")), None)
+    return f"{v[key]['top1_agreement']:.3f} (first {key.rsplit('_', 1)[1]})" if key else "–"
 
 
 FASHION_START, FASHION_END = "<!-- fashion:start -->", "<!-- fashion:end -->"
@@ -524,8 +536,9 @@ def main(argv=None) -> int:
     p.add_argument("--docs", type=Path, help="also write this markdown page (e.g. docs/int8.md)")
     p.add_argument("--keep-float-budget", type=float,
                    help="int8 variant keeps its worst layers in float within this MAC share (e.g. 0.05)")
-    p.add_argument("--weight-rounding", choices=["nearest", "adaround"], default="nearest",
-                   help="int8 variant's weight rounding: the quantizers' nearest, or learned (quantization/adaround.py)")
+    p.add_argument("--weight-rounding", choices=["nearest", "adaround", "both"], default="nearest",
+                   help="int8 variant's weight rounding: the quantizers' nearest, or learned (quantization/adaround.py); "
+                        "both: an int8 (nearest) and an int8_adaround variant")
     p.add_argument("--no-bias-correction", action="store_true", help="int8 variant without bias correction")
     p.add_argument("--simulated", action="store_true",
                    help="fidelity of the simulated int8 PT2E program only (no artifacts, no timing)")
