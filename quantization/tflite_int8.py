@@ -36,13 +36,21 @@ from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQu
 ANNOTATION = "quantization_annotation"
 aten = torch.ops.aten
 
-# ops that only move, select or zero-pad values: output qparams = input qparams is exact
+# ops whose output lies on their input's int8 grid (move, select, zero-pad, clamp at 0, max, mean): sharing is exact
 DATA_MOVEMENT = {
     aten.slice.Tensor, aten.slice_copy.Tensor, aten.select.int, aten.narrow.default, aten.index_select.default,
     aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
     aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.unflatten.int,
     aten.permute.default, aten.transpose.int, aten.clone.default, aten.contiguous.default,
     aten.constant_pad_nd.default,
+    # ReLU on its input's grid is exact (the grid holds 0). litert-torch annotates ReLU only fused into a conv;
+    # a standalone one (NASNet's ReLU → separable conv after an add/concat) stayed float, and the PAD litert
+    # emits for its stride-2 conv met the PAD of a max-pool on the same tensor with two scales.
+    aten.relu.default, aten.relu_.default,
+    # litert-torch annotates max-pool only when its input was annotated BEFORE it (max_pool2d runs ahead of
+    # add/cat in its annotator order): after an add (NASNet cell states) the pool stayed float and its PAD met
+    # other readers' qparams. Average pools left here are unpadded (padded ones became convs above).
+    aten.max_pool2d.default, aten.avg_pool2d.default,
 }
 _SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default}
 _AVG_POOLS = {aten.avg_pool2d.default}
@@ -63,7 +71,10 @@ class TFLiteInt8Quantizer(pq.PT2EQuantizer):
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         model = super().annotate(model) or model
-        self.rewritten["shared_qparams"] += share_data_movement_qparams(model)
+        from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
+
+        spec = get_input_act_qspec(self.global_config) if self.global_config is not None else None
+        self.rewritten["shared_qparams"] += share_data_movement_qparams(model, spec)
         return model
 
 
@@ -186,9 +197,14 @@ def _zero_pad(node: torch.fx.Node) -> bool:
     return value == 0
 
 
-def share_data_movement_qparams(gm: torch.fx.GraphModule) -> int:
+def share_data_movement_qparams(gm: torch.fx.GraphModule, input_spec=None) -> int:
     """Each not-yet-annotated data-movement op whose input has an output qspec shares it (input edge and
-    output). Returns how many ops were annotated."""
+    output). With `input_spec`, one whose input is float (its producer not quantized) observes its input edge
+    with that spec and its output shares that edge: PT2E then gives every reader of the float tensor one
+    observer (implicit sharing of a producer's user edges), so the tensor is quantized once. Without it,
+    litert-torch propagated the readers' different scales backwards through the float PAD/MAX_POOL into one
+    tensor (NASNet: add → max-pool and → conv, "same scale constraint" on PAD). Returns how many ops were
+    annotated."""
     shared = 0
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in DATA_MOVEMENT:
@@ -202,10 +218,15 @@ def share_data_movement_qparams(gm: torch.fx.GraphModule) -> int:
         if not isinstance(prev, torch.fx.Node):
             continue
         pann = prev.meta.get(ANNOTATION)
-        if pann is None or pann.output_qspec is None:
-            continue                     # the input is float: nothing to share
-        spec = SharedQuantizationSpec(prev)
-        node.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={prev: spec}, output_qspec=spec,
-                                                       _annotated=True)
+        if pann is not None and pann.output_qspec is not None:
+            spec = SharedQuantizationSpec(prev)
+            node.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={prev: spec}, output_qspec=spec,
+                                                           _annotated=True)
+        elif input_spec is not None and _val(prev) is not None and _val(prev).is_floating_point():
+            node.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={prev: input_spec},
+                                                           output_qspec=SharedQuantizationSpec((prev, node)),
+                                                           _annotated=True)
+        else:
+            continue
         shared += 1
     return shared

@@ -190,3 +190,51 @@ def test_split_and_padded_pools_convert_to_tflite_int8_and_match_float():
     assert ops["QUANTIZE"] + ops["DEQUANTIZE"] <= 2, ops     # int8 throughout, no float island
     sqnr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())
     assert sqnr > 20, float(sqnr)
+
+
+def test_nasnet_cell_branches_on_a_float_add_convert_to_tflite_int8():
+    """NASNet/PNASNet: a cell state (an add litert-torch leaves float) read by a stride-2 separable conv, a
+    padded max-pool and a padded average pool. Each reader observed the float tensor on its own and
+    litert-torch met two scales on one PAD; now the max-pool observes its input edge and every reader
+    shares that one observer."""
+    import contextlib
+    import sys
+
+    import pytest
+
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.int8_bench import tflite_run
+    from lwdeploy.models.families.nas_cells import SeparableStack, make_op
+    from lwdeploy.quantization.pt2e import quantize
+
+    class Cell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(3, 8, 3, 1, 1)
+            self.ops = nn.ModuleList([SeparableStack(8, 8, 5, 2), make_op("max_pool_3x3", 8, 8, 2),
+                                      make_op("avg_pool_3x3", 8, 8, 2)])
+
+        def forward(self, x):
+            y = torch.cat([self.a(x), self.b(x)], 1)[:, :8] + self.b(x)
+            return self.ops[0](y) + self.ops[1](y) + self.ops[2](y)
+
+    torch.manual_seed(0)
+    net = Cell().eval()
+    x = torch.rand(20, 3, 32, 32)
+    with contextlib.redirect_stdout(sys.stderr):
+        qm = quantize(net, x[:1], "tflite", list(x[:16].split(1)))
+        edge = litert_torch.convert(qm.module, (x[:1],), quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "c.tflite"
+        path.write_bytes(edge.model_content())
+        out = torch.from_numpy(tflite_run(path, x[16:], threads=1)).reshape(4, -1)
+    with torch.no_grad():
+        ref = net(x[16:]).reshape(4, -1)
+    sqnr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())
+    assert sqnr > 20, float(sqnr)
