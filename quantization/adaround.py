@@ -14,10 +14,11 @@ per-output-channel int8 on [−127, 127], scale = max(max|W_c| / 127, 2⁻¹²) 
 conv → BN before observing). Each channel's largest |W| keeps its ±127 value, so the observer finds the same
 scale again and re-quantizes the chosen rounding losslessly, on TFLite, ExecuTorch and Core ML alike.
 
-Cost control (issue #4: < 60 s for EfficientNet-Lite0 on 2 cores): the layer's output error is a quadratic
+Cost control (aimed at < 60 s for EfficientNet-Lite0 on 2 cores; measured 80–95 CPU s, see docs/int8.md): the layer's output error is a quadratic
 form in the weight error, E||ΔW x||² = Σ_c ΔW_c E[x xᵀ] ΔW_cᵀ, so one float forward pass over the calibration
 images collects, per layer, only E[x xᵀ] over `samples` random input patches (D×D per group: 25×25 for a 5×5
-depthwise channel); the optimisation then never touches activations. Inputs are the float model's (the
+depthwise channel); the optimisation then never touches activations (layers wider than `rank` = 256 inputs
+are optimised on the top-256 eigen-directions of E[x xᵀ]; the final check uses all of it). Inputs are the float model's (the
 paper's simpler variant). Schedule: the paper anneals over 10k+ steps; with a few hundred we start the
 regulariser at once (the soft weights start AT the float weights, so there is nothing to warm up) and weight
 it more strongly (reg 10 on the mean, the reconstruction term normalised by nearest rounding's error) — on
