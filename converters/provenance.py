@@ -13,7 +13,7 @@ DebugHandleGeneratorPass asserts on). So, scoped to our conversions, `NodeSource
 object itself. That is the same provenance by value: no code in torch, torchao, executorch, litert-torch or
 coremltools mutates a NodeSource after building it (new trees are built, never edited: checked in the
 installed versions), its equality/hash/to_dict are by content, and lists holding NodeSources are still
-copied. tests/test_converters.py checks that the .pte/.tflite bytes are the same with and without it.
+copied. tests/test_provenance.py checks that the .pte/.tflite bytes are the same with and without it.
 """
 
 from __future__ import annotations
