@@ -63,7 +63,7 @@ def target_options(func):
                    "up to this share of the model's MACs, e.g. 0.05.")
 @click.option("--adaround", is_flag=True,
               help="With --int8: learned up/down weight rounding (AdaRound) on the same int8 grid instead of "
-                   "nearest rounding; costs about a minute of calibration for EfficientNet-Lite0.")
+                   "nearest rounding; costs ~80–100 CPU s more for EfficientNet-Lite0.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 8), help="Targets converted at once in worker processes "
               "(default: one per target, up to the CPU count). Verification always runs one at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
