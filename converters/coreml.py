@@ -163,12 +163,10 @@ class CoreMLConverter(Converter):
                                     "shared": "the calibrated PT2E program is shared with the ExecuTorch export (same "
                                     "XNNPACK annotation rules and lowering): calibrated once"}
                 elif req.int8:
-                    from lwdeploy.quantization import quantize
+                    from lwdeploy.quantization import export_options, quantize
 
                     qm = quantize(model, example, "coreml", [to_model_input(c) for c in req.calib], quantizer=opts["quantizer"],
-                                  keep_float=req.options.get("keep_float"), timings=timer,
-                                  keep_float_budget=req.options.get("keep_float_budget"),
-                                  weight_rounding=req.options.get("weight_rounding", "nearest"))
+                                  timings=timer, **export_options(req.options))
                     model = qm.module
                     quantization = {"scheme": "int8 static W8A8 (PT2E), per-channel weights", **qm.scheme}
                 with timer("torch_export"):

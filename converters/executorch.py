@@ -106,12 +106,10 @@ class ExecuTorchConverter(Converter):
         try:
             with shared_node_provenance():  # ~30 % less CPU in to_edge_transform_and_lower
                 if req.int8:
-                    from lwdeploy.quantization import quantize
+                    from lwdeploy.quantization import export_options, quantize
 
-                    qm = req.quantized or quantize(model, example, "executorch", req.calib,
-                                                   keep_float=req.options.get("keep_float"), timings=timer,
-                                                   keep_float_budget=req.options.get("keep_float_budget"),
-                                                   weight_rounding=req.options.get("weight_rounding", "nearest"))
+                    qm = req.quantized or quantize(model, example, "executorch", req.calib, timings=timer,
+                                                   **export_options(req.options))
                     model = qm.module
                     quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
                 with timer("torch_export"):

@@ -59,11 +59,9 @@ class TFLiteConverter(Converter):
                 if req.int8:
                     from litert_torch.quantize.quant_config import QuantConfig
 
-                    from lwdeploy.quantization import quantize
+                    from lwdeploy.quantization import export_options, quantize
 
-                    qm = quantize(model, example, "tflite", calib, keep_float=req.options.get("keep_float"), timings=timer,
-                                  keep_float_budget=req.options.get("keep_float_budget"),
-                                  weight_rounding=req.options.get("weight_rounding", "nearest"))
+                    qm = quantize(model, example, "tflite", calib, timings=timer, **export_options(req.options))
                     with timer("litert_convert"):
                         edge = litert_torch.convert(qm.module, (example,),
                                                     quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))

@@ -140,6 +140,13 @@ QUANTIZER_BUILDERS: dict[str, Callable[[], tuple[Any, dict[str, Any], bool]]] = 
 }
 
 
+def export_options(options: dict) -> dict[str, Any]:
+    """quantize() keyword arguments from an export's options (ExportRequest/ExportPlan .options): the one place
+    that maps `--keep-float`, `--keep-float-budget` and `--adaround` onto quantization."""
+    return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
+            "weight_rounding": options.get("weight_rounding", "nearest")}
+
+
 def quantize(
     model: nn.Module,
     example: torch.Tensor,

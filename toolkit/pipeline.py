@@ -330,7 +330,7 @@ class _Shared:
 def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shared:
     from lwdeploy.converters.provenance import shared_node_provenance
     from lwdeploy.converters.timing import StageTimer
-    from lwdeploy.quantization import quantize
+    from lwdeploy.quantization import export_options, quantize
 
     t0 = time.perf_counter()
     if say:
@@ -339,10 +339,8 @@ def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shar
     with timer("lower"):
         lowered = lower_for(net, targets[0], plan.int8)
     with shared_node_provenance():  # cheaper torch.export / prepare_pt2e (converters/provenance.py)
-        quantized = quantize(lowered, example, targets[0], images.calib_batches(),
-                             keep_float=plan.options.get("keep_float"), timings=timer,
-                             keep_float_budget=plan.options.get("keep_float_budget"),
-                             weight_rounding=plan.options.get("weight_rounding", "nearest"))
+        quantized = quantize(lowered, example, targets[0], images.calib_batches(), timings=timer,
+                             **export_options(plan.options))
     return _Shared(lowered, quantized, timer, time.perf_counter() - t0)
 
 
