@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from int8_bench import _executorch_invoker, _tflite_invoker, tflite_op_counts, tflite_partitions, \
     time_interleaved  # noqa: E402
+from prune_bench import replace_generated  # noqa: E402
 
 TARGETS = ("tflite", "executorch")
 LATENCY_TARGET, SIZE_TARGET = 0.6, 0.27
@@ -133,18 +134,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_generated(page: Path, block: str) -> None:
-    from lwdeploy.atomic import write_bytes
-
-    text = page.read_text() if page.exists() else ""
-    new = f"{BEGIN}\n{block}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + new + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + new + "\n"
-    write_bytes(page, text.encode())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matrix", type=Path, required=True, help="a `lwdeploy matrix --out` folder")
@@ -190,7 +179,7 @@ def main(argv=None) -> int:
     md = markdown(report)
     write_bytes(args.out / "zoo_int8.md", md.encode())
     if args.docs:
-        replace_generated(args.docs, md)
+        replace_generated(args.docs, md, BEGIN, END)
     print(md)
     return 0
 
