@@ -32,7 +32,6 @@ so against themselves the shift would be zero).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Iterable
 
@@ -41,20 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lwdeploy.quantization.bias_correction import _bn_after, _folded_weight
+from lwdeploy.quantization.pt2e import single_thread
 
 QMAX = 127                   # symmetric int8 weights on [-127, 127] (litert-torch, XNNPACK, our Core ML rules)
 SCALE_EPS = 2.0 ** -12       # PerChannelMinMaxObserver's eps: the smallest scale the quantizers produce
 ZETA, GAMMA = 1.1, -0.1      # rectified-sigmoid stretch (paper §4.1)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def weight_scale(w: torch.Tensor) -> torch.Tensor:
@@ -94,7 +84,7 @@ def _factor(gram: torch.Tensor, rank: int) -> torch.Tensor:
 def round_layer(*args, **kwargs) -> tuple[torch.Tensor, dict]:
     """`_round_layer` on one intra-op thread: its ops are small, and with 2 threads on this busy 2-core box
     300 steps on a 32×64 weight took 30 s instead of 0.45 s (measured)."""
-    with _threads(1):
+    with single_thread():
         return _round_layer(*args, **kwargs)
 
 
@@ -215,7 +205,7 @@ def adaround(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[
               and not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
               and not any(p == k or p.startswith(k + ".") for k in skip)}
     images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib])
-    with _threads(1):   # small ops: a second thread only waits (and the machine is shared)
+    with single_thread():   # small ops: a second thread only waits (and the machine is shared)
         return _adaround(out, modules, layers, images, samples, iters, seed, progress)
 
 
