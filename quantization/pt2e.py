@@ -65,12 +65,12 @@ def _tflite_quantizer() -> tuple[Any, dict[str, Any], bool]:
 
 
 def _executorch_quantizer() -> tuple[Any, dict[str, Any], bool]:
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
 
-    quantizer = XNNPACKQuantizer().set_global(
+    from lwdeploy.quantization.xnnpack import GraphAwareXNNPACKQuantizer
+
+    # XNNPACKQuantizer without the annotators whose operators the graph lacks (xnnpack.py)
+    quantizer = GraphAwareXNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_qat=False, is_dynamic=False)
     )
     scheme = {
@@ -212,14 +212,11 @@ def quantize(
         with step("quantize.bias_correction"):
             model, corrected = correct_biases(model, calib, skip=keep_float or (),
                                               reference=original if rounded is not None else None)
-    # strict (dynamo) export records source_fn_stack; without it litert-torch's "add" annotator matches no
-    # residual add (torch_fn names it "add", the annotator wants operator.add), so chained residual adds
-    # stayed float with DEQUANTIZE/QUANTIZE around them (measured on MobileNetV3). Non-strict as fallback.
+    from lwdeploy.quantization import capture
+
+    # non-strict export + the source tags litert-torch's add/mul/cat/pool annotators match on (capture.py)
     with step("quantize.torch_export"):
-        try:
-            graph = torch.export.export(model, (example,), strict=True).module()
-        except Exception:
-            graph = torch.export.export(model, (example,)).module()
+        graph = capture.capture(model, example)
     from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
 
