@@ -19,6 +19,14 @@ on SLICE (zero point -127 vs -126), and the padded `nn.AvgPool2d` of DiCENet, NA
     quantizes per channel without error (every weight is the channel's max → exactly 127·scale), gets its
     own output range, and runs in XNNPACK int8; the PAD that litert-torch emitted for the pool is gone
     (the padding is the conv's own).
+  The NAS-cell forms that left float islands or split XNNPACK's int8 delegate (issue #4; NASNet-A Mobile had
+  28 float CONV_2D, 4 float ADD, 4 float BatchNorm SUB/MUL, 57 DEQUANTIZE / 71 QUANTIZE, 33 partitions):
+  - BatchNorm of a cat of convs → folded into each conv (`batchnorm_through_cat`);
+  - strided max-pool whose padding is not TF "SAME" → SAME stride-1 pool + subsampling conv (no PADV2);
+  - cat of more than 5 inputs → nested (XNNPACK's CONCATENATION takes at most 5);
+  - ReLUs of one value merged; a ReLU no conv/add/mul can take as fused activation → `relu(y + 0)`, an int8
+    ADD with fused RELU (XNNPACK runs no standalone int8 RELU; litert-torch fused ReLUs into convs that had
+    other readers, which left those convs float).
 * after annotation (`annotate`): every pure data-movement op whose input is quantized shares its input's
   qparams on its input edge and its output (`SharedQuantizationSpec`), in graph order so chains
   (unsqueeze → slice → …) share one range. Moving or padding values with zero never needs a new range: the
@@ -45,7 +53,8 @@ DATA_MOVEMENT = {
     aten.constant_pad_nd.default,
     # ReLU on its input's grid is exact (the grid holds 0). litert-torch annotates ReLU only fused into a conv;
     # a standalone one (NASNet's ReLU → separable conv after an add/concat) stayed float, and the PAD litert
-    # emits for its stride-2 conv met the PAD of a max-pool on the same tensor with two scales.
+    # emits for its stride-2 conv met the PAD of a max-pool on the same tensor with two scales. (Fallback only:
+    # unfusable_relus_to_add_relu leaves no standalone ReLU when the quantizer has a global config.)
     aten.relu.default, aten.relu_.default,
     # litert-torch annotates max-pool only when its input was annotated BEFORE it (max_pool2d runs ahead of
     # add/cat in its annotator order): after an add (NASNet cell states) the pool stayed float and its PAD met
@@ -61,20 +70,32 @@ class TFLiteInt8Quantizer(pq.PT2EQuantizer):
 
     def __init__(self):
         super().__init__()
-        self.rewritten = {"split_to_slices": 0, "avg_pool_to_depthwise": 0, "shared_qparams": 0}
+        self.rewritten = {"split_to_slices": 0, "avg_pool_to_depthwise": 0, "batchnorm_through_cat": 0,
+                          "max_pool_to_same": 0, "wide_cats_nested": 0, "merged_relus": 0,
+                          "relu_as_add_relu": 0, "shared_qparams": 0}
 
     def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         model = super().transform_for_annotation(model)
         self.rewritten["split_to_slices"] += splits_to_slices(model)
         self.rewritten["avg_pool_to_depthwise"] += padded_avg_pools_to_depthwise(model)
+        self.rewritten["batchnorm_through_cat"] += batchnorm_through_cat(model)
+        self.rewritten["max_pool_to_same"] += strided_max_pools_to_same(model)
+        self.rewritten["wide_cats_nested"] += wide_cats_nested(model)
+        self.rewritten["merged_relus"] += merge_duplicate_relus(model)
+        self.rewritten["relu_as_add_relu"] += unfusable_relus_to_add_relu(model)
         return model
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec, get_output_act_qspec
+
+        if self.global_config is not None:
+            annotate_zero_add_relus(model, get_input_act_qspec(self.global_config),
+                                    get_output_act_qspec(self.global_config))
         model = super().annotate(model) or model
-        from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
 
         spec = get_input_act_qspec(self.global_config) if self.global_config is not None else None
         self.rewritten["shared_qparams"] += share_data_movement_qparams(model, spec)
+        share_subsample_qparams(model)
         return model
 
 
@@ -190,6 +211,275 @@ def padded_avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
         gm.graph.lint()
         gm.recompile()
     return count
+
+
+_BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+_CONVS = {aten.conv2d.default, aten.convolution.default}
+_RELUS = {aten.relu.default, aten.relu_.default}
+
+
+def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
+    """BatchNorm(cat([conv, conv, …], dim=1)) → cat([conv', conv', …]): each conv takes its channels' slice of
+    the BN, folded into its weights (torchao's conv-BN fold, which prepare_pt2e ran before this pass and which
+    only folds a BN that reads a conv directly). NASNet/AmoebaNet's FactorizedReduce concatenates two stride-2
+    1×1 convs and normalises the result: litert-torch annotates no batch_norm, so each stayed a float
+    SUB/MUL/ADD island (4 in NASNet-A). Only when every input is a conv read by the cat alone (folding changes
+    the conv's output for every reader). Returns how many BNs were moved."""
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    count = 0
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
+            continue
+        if bn.target is aten.batch_norm.default and bn.args[5]:
+            continue                                    # training-mode BN: batch statistics, nothing to fold
+        cat = bn.args[0]
+        if not (isinstance(cat, torch.fx.Node) and cat.target is aten.cat.default and len(cat.users) == 1):
+            continue
+        inputs = cat.args[0]
+        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+        if _val(cat) is None or dim % _val(cat).dim() != 1:
+            continue
+        if not all(isinstance(i, torch.fx.Node) and i.target in _CONVS and len(i.users) == 1 and _val(i) is not None
+                   for i in inputs):
+            continue
+        if bn.target is not aten.batch_norm.default and not all(
+                u.target is operator.getitem and u.args[1] == 0 for u in bn.users):
+            continue
+        params = [gm.get_parameter(a.target) if a.target in dict(gm.named_parameters()) else gm.get_buffer(a.target)
+                  for a in bn.args[1:5]]
+        tag, start, pieces = f"_lw_catbn{count}", 0, []
+        for j, conv in enumerate(inputs):
+            width = int(_val(conv).shape[1])
+            attrs = []
+            with gm.graph.inserting_before(cat):   # every conv comes before the cat
+                for name, p in zip(("weight", "bias", "mean", "var"), params):
+                    gm.register_buffer(f"{tag}_{j}_{name}", p.detach()[start:start + width].clone())
+                    attr = gm.graph.get_attr(f"{tag}_{j}_{name}")
+                    attr.meta["val"] = getattr(gm, f"{tag}_{j}_{name}")
+                    attrs.append(attr)
+                piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
+                if bn.target is aten.batch_norm.default:
+                    _copy_meta(piece, bn, _val(conv))
+                    out = piece
+                else:                       # _native_batch_norm_legit_no_training: (out, mean, invstd)
+                    _copy_meta(piece, bn, None)
+                    out = gm.graph.call_function(operator.getitem, (piece, 0))
+                    _copy_meta(out, bn, _val(conv))
+            conv.replace_all_uses_with(out, delete_user_cb=lambda user: user is cat)
+            pieces.append(out)
+            start += width
+        (bn.replace_all_uses_with(cat) if bn.target is aten.batch_norm.default else
+         [u.replace_all_uses_with(cat) for u in list(bn.users)])
+        for u in list(bn.users):
+            gm.graph.erase_node(u)
+        gm.graph.erase_node(bn)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+        _fuse_conv_bn_(gm)
+    return count
+
+
+ZERO_ADD = "lwdeploy_zero_add"       # node meta flag: x + 0 inserted before a ReLU (unfusable_relus_to_add_relu)
+_FUSES_RELU = {aten.conv1d.default, aten.conv2d.default, aten.convolution.default, aten.add.Tensor,
+               aten.mul.Tensor}
+
+
+def merge_duplicate_relus(gm: torch.fx.GraphModule) -> int:
+    """ReLUs of the same value → one (NASNet: each separable stack on a cell state starts with its own ReLU of
+    that state; two or three per state). Exact; returns how many were removed."""
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _RELUS or node.graph is not gm.graph:
+            continue
+        if not isinstance(node.args[0], torch.fx.Node):
+            continue
+        # graph order: `node` is the first ReLU of its input met here, every twin comes after it
+        for twin in [u for u in node.args[0].users if u is not node and u.op == "call_function"
+                     and u.target in _RELUS and len(u.args) == len(node.args)]:
+            twin.replace_all_uses_with(node)
+            gm.graph.erase_node(twin)
+            removed += 1
+    if removed:
+        gm.graph.lint()
+        gm.recompile()
+    return removed
+
+
+MAX_CAT_INPUTS = 5     # XNNPACK's CONCATENATION takes 2–5 inputs (measured: a 6-input int8 cat splits the delegate)
+
+
+def wide_cats_nested(gm: torch.fx.GraphModule) -> int:
+    """cat of more than 5 tensors → the narrowest run of n−4 consecutive inputs concatenated first, then the
+    5-input cat (exact; the run is copied twice). NASNet-A's normal cell concatenates 6 states: each such CONCATENATION
+    ran outside the XNNPACK delegate. Returns the count."""
+    count = 0
+    for cat in list(gm.graph.nodes):
+        if cat.op != "call_function" or cat.target is not aten.cat.default:
+            continue
+        inputs = list(cat.args[0])
+        out = _val(cat)
+        if len(inputs) <= MAX_CAT_INPUTS or out is None or any(_val(i) is None for i in inputs):
+            continue
+        dim = (cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)) % out.dim()
+        run = len(inputs) - MAX_CAT_INPUTS + 1
+        widths = [int(_val(i).shape[dim]) for i in inputs]
+        start = min(range(len(inputs) - run + 1), key=lambda j: sum(widths[j:j + run]))
+        with gm.graph.inserting_before(cat):
+            inner = gm.graph.call_function(aten.cat.default, (inputs[start:start + run], dim))
+        shape = list(out.shape)
+        shape[dim] = sum(widths[start:start + run])
+        _copy_meta(inner, cat, out.new_empty(shape))
+        inner.meta["source_fn_stack"] = [(inner.name, torch.cat)]     # litert-torch's cat annotator finds it
+        cat.args = (inputs[:start] + [inner] + inputs[start + run:], *cat.args[1:])
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def unfusable_relus_to_add_relu(gm: torch.fx.GraphModule) -> int:
+    """relu(y) → relu(y + 0) where no int8 kernel can take the ReLU as its fused activation.
+
+    XNNPACK runs no standalone int8 RELU (measured: conv → RELU → conv with the RELU int8 splits the delegate in
+    two), so a ReLU must be some op's fused activation. litert-torch fuses it into a conv/add/mul that has no
+    other reader, and — without checking that — into one that has: the producer's output then got no observer,
+    its other readers observed their edge, and the converted model computed the producer in FLOAT with
+    dequantized weights, QUANTIZE after it, and a float RELU (NASNet-A: 28 float CONV_2D, 4 float ADD, 33
+    partitions). A ReLU of a cat, a pool or a shared conv output now reads `y + 0` instead: an int8 ADD with
+    the ReLU fused (annotate_zero_add_relus), one elementwise pass like the ReLU itself, and its own output
+    range over [0, max] (8 bits where sharing y's range would leave 7). Returns the count."""
+    count = 0
+    for relu in list(gm.graph.nodes):
+        if relu.op != "call_function" or relu.target not in _RELUS:
+            continue
+        y = relu.args[0]
+        val = _val(y)
+        if not isinstance(y, torch.fx.Node) or val is None or not val.is_floating_point():
+            continue
+        if y.op == "call_function" and y.target in _FUSES_RELU and len(y.users) == 1:
+            continue                     # litert-torch fuses it (conv+relu, add+relu, mul+relu)
+        name = f"_lw_relu{count}_zero"
+        gm.register_buffer(name, torch.zeros([1] * val.dim(), dtype=val.dtype))
+        with gm.graph.inserting_before(relu):
+            zero = gm.graph.get_attr(name)
+            add = gm.graph.call_function(aten.add.Tensor, (y, zero))
+        zero.meta["val"] = getattr(gm, name)
+        _copy_meta(add, relu, val)
+        add.meta[ZERO_ADD] = True
+        add.meta["source_fn_stack"] = [(add.name, operator.add)]
+        relu.args = (add, *relu.args[1:])
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def annotate_zero_add_relus(gm: torch.fx.GraphModule, input_spec, output_spec) -> int:
+    """The `y + 0` → ReLU pairs as litert-torch's add+ReLU pattern (no observer between them: one int8 ADD with
+    fused RELU); the zero shares y's qparams (it quantizes to the zero point exactly either way)."""
+    done = 0
+    for add in gm.graph.nodes:
+        if not add.meta.get(ZERO_ADD) or ANNOTATION in add.meta or len(add.users) != 1:
+            continue
+        relu = next(iter(add.users))
+        y, zero = add.args[0], add.args[1]
+        add.meta[ANNOTATION] = QuantizationAnnotation(
+            input_qspec_map={y: input_spec, zero: SharedQuantizationSpec((y, add))}, _annotated=True)
+        relu.meta[ANNOTATION] = QuantizationAnnotation(output_qspec=output_spec, _annotated=True)
+        done += 1
+    return done
+
+
+SUBSAMPLE = "lwdeploy_subsample"     # node meta flag: a depthwise 1×1 conv with unit weights (exact subsampling)
+
+
+def _same_padding(n: int, k: int, s: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after) of one dimension."""
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def strided_max_pools_to_same(gm: torch.fx.GraphModule) -> int:
+    """Padded strided max_pool2d whose padding is not TF "SAME" → stride-1 max_pool2d (SAME) + subsampling by a
+    depthwise 1×1 conv with unit weights at the pool's stride.
+
+    litert-torch lowers a max-pool's padding to PADV2 with the -inf pad value quantized, then MAX_POOL_2D VALID,
+    unless the padding is SAME. XNNPACK does not run int8 PADV2: every such pool splits the delegate (and with
+    several pools the converter shares one pad constant and requantizes it per pool with a QUANTIZE op, giving
+    a pad value far above the int8 minimum). PyTorch's symmetric padding is SAME for stride 1 (k = 2p+1) and
+    for odd sizes, but not for stride 2 on an even size (NASNet/PNASNet/AmoebaNet reduction cells: windows
+    start at -1, SAME's at 0). Exact in float: a window of the stride-s pool at output i is centred on input
+    s·i, which is where the stride-1 pool's output s·i is centred; the conv picks those. The conv's weights are
+    exactly 1 in int8 (per-channel scale 1/127) and it shares its input's qparams (share_subsample_qparams), so
+    it is exact in int8 too. Returns the count."""
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.max_pool2d.default:
+            continue
+        x, val, out = node.args[0], _val(node.args[0]), _val(node)
+        if val is None or out is None or val.dim() != 4:
+            continue
+        names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+        args = dict(zip(names, node.args))
+        args.update(node.kwargs)
+        pair = lambda v, d: [int(v[0]), int(v[-1])] if isinstance(v, (list, tuple)) and v else (  # noqa: E731
+            [int(v)] * 2 if isinstance(v, int) else d)
+        k = pair(args["kernel_size"], None)
+        st = pair(args.get("stride"), k)
+        p = pair(args.get("padding", 0), [0, 0])
+        if pair(args.get("dilation", 1), [1, 1]) != [1, 1] or args.get("ceil_mode", False):
+            continue
+        if st == [1, 1] or any(kk % 2 == 0 or pp != kk // 2 for kk, pp in zip(k, p)):
+            continue                    # a stride-1 pool with p = k//2 padding is SAME already
+        sizes = (int(val.shape[2]), int(val.shape[3]))
+        torch_pads = [(pp, (int(o) - 1) * ss + kk - n - pp)
+                      for n, kk, ss, pp, o in zip(sizes, k, st, p, out.shape[2:])]
+        if torch_pads == [_same_padding(n, kk, ss) for n, kk, ss in zip(sizes, k, st)]:
+            continue                    # litert-torch emits MAX_POOL_2D SAME for it
+        c = int(val.shape[1])
+        name = f"_lw_maxpool{count}_subsample"
+        gm.register_buffer(name, torch.ones(c, 1, 1, 1, dtype=val.dtype))
+        with gm.graph.inserting_before(node):
+            pool = gm.graph.call_function(aten.max_pool2d.default, (x, k, [1, 1], p))
+            weight = gm.graph.get_attr(name)
+            conv = gm.graph.call_function(aten.conv2d.default, (pool, weight, None, st, [0, 0], [1, 1], c))
+        pool.meta.update({key: v for key, v in node.meta.items() if key != "val"})
+        pool.meta["val"] = val
+        weight.meta["val"] = getattr(gm, name)
+        _copy_meta(conv, node, out)
+        conv.meta[SUBSAMPLE] = True
+        # its own source tag: untagged, get_source_partitions would file it under its nn_module_stack's
+        # MaxPool2d, and litert-torch's max-pool annotator asserts on a partition without a max_pool2d
+        conv.meta["source_fn_stack"] = [(conv.name, torch.nn.functional.conv2d)]
+        node.replace_all_uses_with(conv)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
+def share_subsample_qparams(gm: torch.fx.GraphModule) -> int:
+    """The subsampling convs of strided_max_pools_to_same output their input's qparams (an exact copy)."""
+    shared = 0
+    for node in gm.graph.nodes:
+        ann = node.meta.get(ANNOTATION)
+        if not node.meta.get(SUBSAMPLE) or ann is None or ann.output_qspec is None:
+            continue
+        src = node.args[0]
+        pann = src.meta.get(ANNOTATION)
+        if pann is None or pann.output_qspec is None:
+            continue
+        ann.output_qspec = SharedQuantizationSpec(src)
+        ann.input_qspec_map[src] = SharedQuantizationSpec(src)
+        shared += 1
+    return shared
 
 
 def _zero_pad(node: torch.fx.Node) -> bool:

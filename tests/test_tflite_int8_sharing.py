@@ -238,3 +238,172 @@ def test_nasnet_cell_branches_on_a_float_add_convert_to_tflite_int8():
         ref = net(x[16:]).reshape(4, -1)
     sqnr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())
     assert sqnr > 20, float(sqnr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NAS cells (NASNet-A / PNASNet-5 / AmoebaNet-A): the float islands and delegate splits of issue #4
+# ---------------------------------------------------------------------------------------------------------
+
+def _export(net, x):
+    return torch.export.export(net.eval(), (x,)).module()
+
+
+@torch.no_grad()
+def test_strided_max_pool_with_non_same_padding_is_a_same_pool_and_a_subsampling_conv():
+    from lwdeploy.quantization.tflite_int8 import strided_max_pools_to_same
+
+    # odd sizes: PyTorch's symmetric padding IS "SAME" there (litert-torch emits no PADV2)
+    for size, k, s, rewritten in [(16, 3, 2, 1), (17, 3, 2, 0), (15, 3, 2, 0), (16, 3, 1, 0), (16, 5, 2, 1)]:
+        torch.manual_seed(0)
+        net = Pool(nn.MaxPool2d(k, s, k // 2)).eval()
+        x = torch.randn(2, 3, size, size) * 3 - 4          # mostly negative: a wrong pad value would win
+        gm = _export(net, x)
+        assert strided_max_pools_to_same(gm) == rewritten, (size, k, s)
+        assert torch.equal(gm(x), net(x))
+        if rewritten:
+            pools = [n for n in gm.graph.nodes if n.target is aten.max_pool2d.default]
+            assert [list(p.args[2]) for p in pools] == [[1, 1]]
+
+
+@torch.no_grad()
+def test_batchnorm_after_a_cat_of_convs_is_folded_into_them():
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    from lwdeploy.models.families.nas_cells import FactorizedReduce
+    from lwdeploy.quantization.tflite_int8 import batchnorm_through_cat
+
+    torch.manual_seed(0)
+    net = FactorizedReduce(6, 10).eval()
+    net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2), net.bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, 6, 8, 8)
+    gm = _export(net, x)
+    _fuse_conv_bn_(gm)                       # what prepare_pt2e does first: it finds no conv → BN here
+    assert aten.batch_norm.default in _targets(gm)
+    assert batchnorm_through_cat(gm) == 1
+    assert aten.batch_norm.default not in _targets(gm)
+    assert torch.allclose(gm(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_cat_of_more_than_five_inputs_is_nested():
+    from lwdeploy.quantization.tflite_int8 import MAX_CAT_INPUTS, wide_cats_nested
+
+    class Cat(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(3, 2 + i % 3, 1) for i in range(n))
+
+        def forward(self, x):
+            return torch.cat([c(x) for c in self.convs], 1)
+
+    x = torch.randn(1, 3, 4, 4)
+    for n, rewritten in [(5, 0), (6, 1), (9, 1)]:
+        net = Cat(n).eval()
+        gm = _export(net, x)
+        assert wide_cats_nested(gm) == rewritten
+        cats = [c for c in gm.graph.nodes if c.target is aten.cat.default]
+        assert all(len(c.args[0]) <= MAX_CAT_INPUTS for c in cats) and len(cats) == 1 + rewritten
+        assert torch.equal(gm(x), net(x))
+
+
+class SharedReLU(nn.Module):
+    """A conv read by two ReLUs and an add: litert-torch fused one ReLU into the conv and left the conv float."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(torch.relu(y)) + self.c(torch.relu(y)) + y
+
+
+@torch.no_grad()
+def test_relus_of_a_shared_value_become_one_add_relu():
+    from lwdeploy.quantization.tflite_int8 import merge_duplicate_relus, unfusable_relus_to_add_relu
+
+    net, x = SharedReLU().eval(), torch.randn(2, 3, 6, 6)
+    gm = _export(net, x)
+    assert merge_duplicate_relus(gm) == 1
+    assert unfusable_relus_to_add_relu(gm) == 1
+    relu = next(n for n in gm.graph.nodes if n.target is aten.relu.default)
+    assert relu.args[0].target is aten.add.Tensor
+    assert torch.equal(gm(x), net(x))
+
+
+def test_conv_read_by_a_relu_and_others_keeps_its_own_int8_output():
+    from litert_torch.quantize import pt2e_quantizer as pq
+
+    gm = _export(SharedReLU(), torch.randn(1, 3, 6, 6))
+    q = TFLiteInt8Quantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+    gm = q.transform_for_annotation(gm)
+    q.annotate(gm)
+    conv_a = next(n for n in gm.graph.nodes if n.target is aten.conv2d.default)
+    assert conv_a.meta["quantization_annotation"].output_qspec is not None      # None: computed in float
+    relu = next(n for n in gm.graph.nodes if n.target is aten.relu.default)
+    assert relu.meta["quantization_annotation"].output_qspec is not None
+    assert relu.args[0].meta["quantization_annotation"].output_qspec is None    # the ADD fuses the ReLU
+
+
+class NASBits(nn.Module):
+    """The NAS-cell forms that left float islands or split XNNPACK's int8 delegate: a conv read by ReLUs (separable
+    stacks, FactorizedReduce) and by an add, a stride-2 max-pool with padding on an even size (PADV2), a BN after a
+    cat of two convs (FactorizedReduce), an add read by a ReLU and a cat, a 6-input cat, a ReLU of a cat."""
+
+    def __init__(self):
+        from lwdeploy.models.families.nas_cells import FactorizedReduce, SeparableStack, make_op
+
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8))
+        self.sep = SeparableStack(8, 8, 3, 2)
+        self.pool = make_op("max_pool_3x3", 8, 8, 2)
+        self.reduce = FactorizedReduce(8, 8)
+        self.sep2 = SeparableStack(8, 8, 3, 1)
+        self.head = nn.Conv2d(48, 10, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        a, b, c = self.sep(y), self.pool(y), self.reduce(y)
+        d = a + b
+        e = self.sep2(d)
+        return self.head(torch.relu(torch.cat([a, b, c, d, e, b + c], 1)))
+
+
+def test_nas_cell_forms_convert_to_one_int8_xnnpack_partition():
+    import contextlib
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from benchmarks.int8_bench import tflite_op_counts, tflite_partitions, tflite_run
+    from lwdeploy.quantization.pt2e import quantize
+
+    torch.manual_seed(0)
+    net = NASBits().eval()
+    x = torch.rand(24, 3, 16, 16)
+    with torch.no_grad():                    # BN statistics of the data, as settle_batchnorm gives zoo models
+        net.train()(x)
+    net.eval()
+    with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(sys.stderr):
+        qm = quantize(net, x[:1], "tflite", list(x[:16].split(1)))
+        edge = litert_torch.convert(qm.module, (x[:1],), quant_config=QuantConfig(pt2e_quantizer=qm.quantizer))
+        path = Path(d) / "nas.tflite"
+        path.write_bytes(edge.model_content())
+        ops, partitions = tflite_op_counts(path), tflite_partitions(path, threads=1)
+        out = torch.from_numpy(tflite_run(path, x[16:], threads=1)).reshape(8, -1)
+    with torch.no_grad():
+        ref = net(x[16:]).reshape(8, -1)
+    rewritten = qm.quantizer.rewritten
+    assert rewritten["max_pool_to_same"] == 1 and rewritten["batchnorm_through_cat"] == 1, rewritten
+    assert rewritten["wide_cats_nested"] == 1 and rewritten["relu_as_add_relu"] >= 3, rewritten
+    assert ops["QUANTIZE"] + ops["DEQUANTIZE"] == 0, ops     # before: float CONV_2D/ADD/RELU/SUB/MUL islands
+    assert ops["PADV2"] == 0 and ops["RELU"] == 0, ops        # XNNPACK runs neither in int8
+    assert partitions == 1, (partitions, ops)
+    sqnr = 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum())
+    assert sqnr > 20, float(sqnr)
