@@ -128,6 +128,25 @@ def test_se_gate_fold_moves_the_plus_three_into_the_bias():
     torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
 
 
+def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:
+    ep = torch.export.export(model.eval(), (x,), strict=False)
+    return {n.target.__name__.split(".")[0] for n in ep.graph.nodes if n.op == "call_function"
+            and hasattr(n.target, "__name__")}
+
+
+def test_shufflenet_forms_the_delegates_take():
+    """v2: the channel split is two slices (ExecuTorch left split_with_sizes_copy outside XNNPACK: 14
+    partitions in shufflenet_v2_050). v1: the stride-2 ReLU runs per branch, so no ReLU reads a concat (TFLite
+    int8 ran that one on the reference kernel)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    assert "split_with_sizes" not in _aten_ops(zoo.create("shufflenet_v2_050", num_classes=10), x)
+    v1 = zoo.create("shufflenet_v1_g3", num_classes=10).eval()
+    ep = torch.export.export(v1, (x,), strict=False)
+    cats = [n for n in ep.graph.nodes if n.op == "call_function" and "cat" in str(n.target)]
+    assert cats and not any("relu" in str(u.target) for n in cats for u in n.users)
+
+
 @pytest.mark.heavy
 def test_int8_tflite_has_no_transpose_pad_or_float_island():
     """A hard-swish/SE/stride-2 net, quantized with litert-torch's PT2E quantizer: after lowering the .tflite
