@@ -13,8 +13,8 @@ from torch import nn
 import lwdeploy.models as zoo
 from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
-from lwdeploy.quantization.lowering import (QuantHardSigmoid, QuantHardSwish, ScaledReLU6, TFSameConv2d,
-                                            _is_same, lower)
+from lwdeploy.quantization.lowering import (ExcludePadAvgPool2d, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
+                                            TFSameConv2d, _is_same, lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
              "mobilenet_v2_100"]
@@ -126,6 +126,19 @@ def test_se_gate_fold_moves_the_plus_three_into_the_bias():
     torch.testing.assert_close(lowered[0].fc2.bias, se.fc2.bias + 3.0)
     x = torch.randn(2, 16, 5, 5)
     torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 16), (3, 2, 1, 15), (3, 1, 1, 7), (5, 2, 2, 9), (2, 2, 1, 8)])
+def test_exclude_pad_avg_pool_is_rewritten_for_tflite_float_only(k, s, p, size):
+    pool = nn.AvgPool2d(k, s, p, count_include_pad=False)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), pool)
+    lowered = lower(model, "tflite", int8=False)
+    assert isinstance(lowered[1], ExcludePadAvgPool2d)
+    x = torch.randn(2, 3, size, size)
+    torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
+    assert type(lower(model, "tflite")[1]) is nn.AvgPool2d           # int8: tflite_int8.py rewrites it itself
+    assert type(lower(model, "executorch", int8=False)[1]) is nn.AvgPool2d
+    assert type(lower(nn.Sequential(nn.AvgPool2d(3, 2, 1)), "tflite", int8=False)[0]) is nn.AvgPool2d
 
 
 def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:
