@@ -15,6 +15,9 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   For float exports hard-swish becomes torch's own `nn.Hardswish` (native HARD_SWISH / XNNPACK hardswish).
 * squeeze-excite gates with hard-sigmoid: the +3 is folded into the bias of the excite conv, so the gate is
   relu6 (fused into the conv) and one MUL by ⅙ on a 1×1×C tensor; the output range is fixed by the function.
+* TFLite float only: `nn.AvgPool2d(count_include_pad=False)` with padding becomes a zero-padded average
+  divided by the padded average of a one-channel ones map (`ExcludePadAvgPool2d`): litert-torch lowers the
+  original to STABLEHLO_REDUCE_WINDOW, which XNNPACK does not run (ShuffleNet v1: 4.3 of 13 ms).
 * TFLite only: explicit `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a
   Sequential is folded into the convolution's padding when symmetric (one PAD op less).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
