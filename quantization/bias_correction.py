@@ -60,7 +60,7 @@ def _folded_weight(layer: nn.Module, bn: nn.BatchNorm2d | None) -> torch.Tensor:
 
 @torch.no_grad()
 def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[str] = (),
-                   batch: int = 16, reference: nn.Module | None = None) -> tuple[nn.Module, int]:
+                   batch: int = 4, reference: nn.Module | None = None) -> tuple[nn.Module, int]:
     """A copy of `model` with biases corrected for int8 weight rounding; returns (copy, layers corrected).
 
     `skip`: module paths (and everything inside them) left alone — layers kept in float.
@@ -107,8 +107,9 @@ def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Ite
     handles = [layers[p][0].register_forward_hook(hook(p)) for p in layers]
     try:
         images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib])
-        for i in range(0, len(images), batch):
-            out(images[i:i + batch])
+        with torch.no_grad():  # autograd would keep every activation of the batch alive (~400 MB, MobileNetV2)
+            for i in range(0, len(images), batch):
+                out(images[i:i + batch])
     finally:
         for h in handles:
             h.remove()
