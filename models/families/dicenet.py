@@ -70,7 +70,8 @@ class ShuffleDiCEBlock(nn.Module):
         self.right = nn.Sequential(cbr(in_ch - left, out_ch - left, 1), DiCE(out_ch - left, out_ch - left, height, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = torch.split(x, self.split, dim=1)
+        # two slices, not torch.split: ExecuTorch's XNNPACK partitioner leaves split_with_sizes_copy outside
+        a, b = x[:, :self.split[0]], x[:, self.split[0]:]
         return channel_shuffle(torch.cat([a, self.right(b)], dim=1), 2)
 
 
