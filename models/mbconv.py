@@ -114,8 +114,12 @@ class MixedDepthwise(nn.Module):
                                    for c, k in zip(splits, kernels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, self.splits, dim=1)
-        return torch.cat([conv(p) for conv, p in zip(self.convs, parts)], dim=1)
+        # slices, not torch.split: ExecuTorch's XNNPACK partitioner leaves split_with_sizes_copy outside the
+        # delegate (one partition break per mixed conv); TFLite gets the same SLICE ops either way
+        bounds = [0]
+        for c in self.splits:
+            bounds.append(bounds[-1] + c)
+        return torch.cat([conv(x[:, a:b]) for conv, a, b in zip(self.convs, bounds, bounds[1:])], dim=1)
 
 
 class MBConvNet(nn.Module):

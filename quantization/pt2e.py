@@ -217,6 +217,13 @@ def quantize(
     # non-strict export + the source tags litert-torch's add/mul/cat/pool annotators match on (capture.py)
     with step("quantize.torch_export"):
         graph = capture.capture(model, example)
+    from lwdeploy.quantization.tflite_int8 import batchnorm_through_cat
+
+    # every target: a BatchNorm after a cat of convs (MixNet's mixed-kernel conv, NAS cells' FactorizedReduce)
+    # is no conv→BN pair for prepare_pt2e to fold, so it stayed a float op between DEQUANTIZE/QUANTIZE (MixNet-S
+    # ExecuTorch: 13 of them, 14 delegate partitions), and convert_pt2e then ran torchao's QAT conv-BN fold, which
+    # re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). Folded into the convs, none remains.
+    folded = batchnorm_through_cat(graph)
     from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
 
@@ -259,6 +266,8 @@ def quantize(
                                  f"{len(rounded)} layers learned (others nearest)")
     if unsplatted:
         scheme["uniform_biases_nudged"] = unsplatted
+    if folded:
+        scheme["batchnorms_folded_through_cat"] = folded
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)
 
 
