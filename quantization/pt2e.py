@@ -217,7 +217,7 @@ def quantize(
     # non-strict export + the source tags litert-torch's add/mul/cat/pool annotators match on (capture.py)
     with step("quantize.torch_export"):
         graph = capture.capture(model, example)
-    from lwdeploy.quantization.tflite_int8 import batchnorm_through_cat
+    from lwdeploy.quantization.batchnorm_fold import batchnorm_through_cat
 
     # every target: a BatchNorm after a cat of convs (MixNet's mixed-kernel conv, NAS cells' FactorizedReduce)
     # is no conv→BN pair for prepare_pt2e to fold, so it stayed a float op between DEQUANTIZE/QUANTIZE (MixNet-S

@@ -21,7 +21,8 @@ on SLICE (zero point -127 vs -126), and the padded `nn.AvgPool2d` of DiCENet, NA
     (the padding is the conv's own).
   The NAS-cell forms that left float islands or split XNNPACK's int8 delegate (issue #4; NASNet-A Mobile had
   28 float CONV_2D, 4 float ADD, 4 float BatchNorm SUB/MUL, 57 DEQUANTIZE / 71 QUANTIZE, 33 partitions):
-  - BatchNorm of a cat of convs → folded into each conv (`batchnorm_through_cat`);
+  - BatchNorm of a cat of convs → folded into each conv (batchnorm_fold.py; pt2e.quantize runs it for every
+    target before prepare);
   - strided max-pool whose padding is not TF "SAME" → SAME stride-1 pool + subsampling conv (no PADV2);
   - cat of more than 5 inputs → nested (XNNPACK's CONCATENATION takes at most 5);
   - ReLUs of one value merged; a ReLU no conv/add/mul can take as fused activation → `relu(y + 0)`, an int8
@@ -40,6 +41,9 @@ import operator
 import torch
 from litert_torch.quantize import pt2e_quantizer as pq
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+from lwdeploy.quantization.fx_nodes import copy_meta as _copy_meta
+from lwdeploy.quantization.fx_nodes import node_val as _val
 
 ANNOTATION = "quantization_annotation"
 aten = torch.ops.aten
@@ -70,7 +74,7 @@ class TFLiteInt8Quantizer(pq.PT2EQuantizer):
 
     def __init__(self):
         super().__init__()
-        self.rewritten = {"split_to_slices": 0, "avg_pool_to_depthwise": 0, "batchnorm_through_cat": 0,
+        self.rewritten = {"split_to_slices": 0, "avg_pool_to_depthwise": 0,
                           "max_pool_to_same": 0, "wide_cats_nested": 0, "merged_relus": 0,
                           "relu_as_add_relu": 0, "shared_qparams": 0}
 
@@ -78,7 +82,6 @@ class TFLiteInt8Quantizer(pq.PT2EQuantizer):
         model = super().transform_for_annotation(model)
         self.rewritten["split_to_slices"] += splits_to_slices(model)
         self.rewritten["avg_pool_to_depthwise"] += padded_avg_pools_to_depthwise(model)
-        self.rewritten["batchnorm_through_cat"] += batchnorm_through_cat(model)
         self.rewritten["max_pool_to_same"] += strided_max_pools_to_same(model)
         self.rewritten["wide_cats_nested"] += wide_cats_nested(model)
         self.rewritten["merged_relus"] += merge_duplicate_relus(model)
@@ -97,20 +100,6 @@ class TFLiteInt8Quantizer(pq.PT2EQuantizer):
         self.rewritten["shared_qparams"] += share_data_movement_qparams(model, spec)
         share_subsample_qparams(model)
         return model
-
-
-def _val(node) -> torch.Tensor | None:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    return val if isinstance(val, torch.Tensor) else None
-
-
-def _copy_meta(new: torch.fx.Node, old: torch.fx.Node, val) -> None:
-    # nn_module_stack keeps keep-float paths and converter error messages pointing at the source module
-    for key in ("nn_module_stack", "stack_trace", "from_node"):
-        if key in old.meta:
-            new.meta[key] = old.meta[key]
-    if val is not None:
-        new.meta["val"] = val
 
 
 def splits_to_slices(gm: torch.fx.GraphModule) -> int:
@@ -213,75 +202,7 @@ def padded_avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
     return count
 
 
-_BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
-_CONVS = {aten.conv2d.default, aten.convolution.default}
 _RELUS = {aten.relu.default, aten.relu_.default}
-
-
-def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
-    """BatchNorm(cat([conv, conv, …], dim=1)) → cat([conv', conv', …]): each conv takes its channels' slice of
-    the BN, folded into its weights (torchao's conv-BN fold, which prepare_pt2e ran before this pass and which
-    only folds a BN that reads a conv directly). NASNet/AmoebaNet's FactorizedReduce concatenates two stride-2
-    1×1 convs and normalises the result: litert-torch annotates no batch_norm, so each stayed a float
-    SUB/MUL/ADD island (4 in NASNet-A). Only when every input is a conv read by the cat alone (folding changes
-    the conv's output for every reader). Returns how many BNs were moved."""
-    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
-
-    count = 0
-    for bn in list(gm.graph.nodes):
-        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
-            continue
-        if bn.target is aten.batch_norm.default and bn.args[5]:
-            continue                                    # training-mode BN: batch statistics, nothing to fold
-        cat = bn.args[0]
-        if not (isinstance(cat, torch.fx.Node) and cat.target is aten.cat.default and len(cat.users) == 1):
-            continue
-        inputs = cat.args[0]
-        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
-        if _val(cat) is None or dim % _val(cat).dim() != 1:
-            continue
-        if not all(isinstance(i, torch.fx.Node) and i.target in _CONVS and len(i.users) == 1 and _val(i) is not None
-                   for i in inputs):
-            continue
-        if bn.target is not aten.batch_norm.default and not all(
-                u.target is operator.getitem and u.args[1] == 0 for u in bn.users):
-            continue
-        params = [gm.get_parameter(a.target) if a.target in dict(gm.named_parameters()) else gm.get_buffer(a.target)
-                  for a in bn.args[1:5]]
-        tag, start, pieces = f"_lw_catbn{count}", 0, []
-        for j, conv in enumerate(inputs):
-            width = int(_val(conv).shape[1])
-            attrs = []
-            with gm.graph.inserting_before(cat):   # every conv comes before the cat
-                for name, p in zip(("weight", "bias", "mean", "var"), params):
-                    gm.register_buffer(f"{tag}_{j}_{name}", p.detach()[start:start + width].clone())
-                    attr = gm.graph.get_attr(f"{tag}_{j}_{name}")
-                    attr.meta["val"] = getattr(gm, f"{tag}_{j}_{name}")
-                    attrs.append(attr)
-                piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
-                if bn.target is aten.batch_norm.default:
-                    _copy_meta(piece, bn, _val(conv))
-                    out = piece
-                else:                       # _native_batch_norm_legit_no_training: (out, mean, invstd)
-                    _copy_meta(piece, bn, None)
-                    out = gm.graph.call_function(operator.getitem, (piece, 0))
-                    _copy_meta(out, bn, _val(conv))
-            conv.replace_all_uses_with(out, delete_user_cb=lambda user: user is cat)
-            pieces.append(out)
-            start += width
-        (bn.replace_all_uses_with(cat) if bn.target is aten.batch_norm.default else
-         [u.replace_all_uses_with(cat) for u in list(bn.users)])
-        for u in list(bn.users):
-            gm.graph.erase_node(u)
-        gm.graph.erase_node(bn)
-        count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-        _fuse_conv_bn_(gm)
-    return count
-
-
 ZERO_ADD = "lwdeploy_zero_add"       # node meta flag: x + 0 inserted before a ReLU (unfusable_relus_to_add_relu)
 _FUSES_RELU = {aten.conv1d.default, aten.conv2d.default, aten.convolution.default, aten.add.Tensor,
                aten.mul.Tensor}

@@ -270,7 +270,7 @@ def test_batchnorm_after_a_cat_of_convs_is_folded_into_them():
     from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
     from lwdeploy.models.families.nas_cells import FactorizedReduce
-    from lwdeploy.quantization.tflite_int8 import batchnorm_through_cat
+    from lwdeploy.quantization.batchnorm_fold import batchnorm_through_cat
 
     torch.manual_seed(0)
     net = FactorizedReduce(6, 10).eval()
@@ -400,7 +400,7 @@ def test_nas_cell_forms_convert_to_one_int8_xnnpack_partition():
     with torch.no_grad():
         ref = net(x[16:]).reshape(8, -1)
     rewritten = qm.quantizer.rewritten
-    assert rewritten["max_pool_to_same"] == 1 and rewritten["batchnorm_through_cat"] == 1, rewritten
+    assert rewritten["max_pool_to_same"] == 1 and qm.scheme["batchnorms_folded_through_cat"] == 1, rewritten
     assert rewritten["wide_cats_nested"] == 1 and rewritten["relu_as_add_relu"] >= 3, rewritten
     assert ops["QUANTIZE"] + ops["DEQUANTIZE"] == 0, ops     # before: float CONV_2D/ADD/RELU/SUB/MUL islands
     assert ops["PADV2"] == 0 and ops["RELU"] == 0, ops        # XNNPACK runs neither in int8

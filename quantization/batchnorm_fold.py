@@ -1,0 +1,84 @@
+"""BatchNorm after a concatenation of convolutions, folded into those convolutions (every int8 target).
+
+prepare_pt2e folds a BatchNorm into the conv it reads; one that reads a cat of convs (MixNet's mixed depthwise
+conv, NAS cells' FactorizedReduce) stays a float op between DEQUANTIZE and QUANTIZE: a delegate partition
+break on TFLite and ExecuTorch, and it makes convert_pt2e run torchao's QAT conv-BN fold (which re-exports
+~100 pattern graphs: 25–35 CPU s on MixNet/NASNet). pt2e.quantize runs this on the captured graph.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from lwdeploy.quantization.fx_nodes import copy_meta as _copy_meta
+from lwdeploy.quantization.fx_nodes import node_val as _val
+
+aten = torch.ops.aten
+_BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+_CONVS = {aten.conv2d.default, aten.convolution.default}
+
+
+def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
+    """BatchNorm(cat([conv, conv, …], dim=1)) → cat([conv', conv', …]): each conv takes its channels' slice of
+    the BN, folded into its weights (torchao's conv-BN fold; prepare_pt2e's own folds only a BN that reads a conv
+    directly). NASNet/AmoebaNet's FactorizedReduce concatenates two stride-2
+    1×1 convs and normalises the result: litert-torch annotates no batch_norm, so each stayed a float
+    SUB/MUL/ADD island (4 in NASNet-A). Only when every input is a conv read by the cat alone (folding changes
+    the conv's output for every reader). Returns how many BNs were moved."""
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    count = 0
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
+            continue
+        if bn.target is aten.batch_norm.default and bn.args[5]:
+            continue                                    # training-mode BN: batch statistics, nothing to fold
+        cat = bn.args[0]
+        if not (isinstance(cat, torch.fx.Node) and cat.target is aten.cat.default and len(cat.users) == 1):
+            continue
+        inputs = cat.args[0]
+        dim = cat.args[1] if len(cat.args) > 1 else cat.kwargs.get("dim", 0)
+        if _val(cat) is None or dim % _val(cat).dim() != 1:
+            continue
+        if not all(isinstance(i, torch.fx.Node) and i.target in _CONVS and len(i.users) == 1 and _val(i) is not None
+                   for i in inputs):
+            continue
+        if bn.target is not aten.batch_norm.default and not all(
+                u.target is operator.getitem and u.args[1] == 0 for u in bn.users):
+            continue
+        params = [gm.get_parameter(a.target) if a.target in dict(gm.named_parameters()) else gm.get_buffer(a.target)
+                  for a in bn.args[1:5]]
+        tag, start, pieces = f"_lw_catbn{count}", 0, []
+        for j, conv in enumerate(inputs):
+            width = int(_val(conv).shape[1])
+            attrs = []
+            with gm.graph.inserting_before(cat):   # every conv comes before the cat
+                for name, p in zip(("weight", "bias", "mean", "var"), params):
+                    gm.register_buffer(f"{tag}_{j}_{name}", p.detach()[start:start + width].clone())
+                    attr = gm.graph.get_attr(f"{tag}_{j}_{name}")
+                    attr.meta["val"] = getattr(gm, f"{tag}_{j}_{name}")
+                    attrs.append(attr)
+                piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
+                if bn.target is aten.batch_norm.default:
+                    _copy_meta(piece, bn, _val(conv))
+                    out = piece
+                else:                       # _native_batch_norm_legit_no_training: (out, mean, invstd)
+                    _copy_meta(piece, bn, None)
+                    out = gm.graph.call_function(operator.getitem, (piece, 0))
+                    _copy_meta(out, bn, _val(conv))
+            conv.replace_all_uses_with(out, delete_user_cb=lambda user: user is cat)
+            pieces.append(out)
+            start += width
+        (bn.replace_all_uses_with(cat) if bn.target is aten.batch_norm.default else
+         [u.replace_all_uses_with(cat) for u in list(bn.users)])
+        for u in list(bn.users):
+            gm.graph.erase_node(u)
+        gm.graph.erase_node(bn)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+        _fuse_conv_bn_(gm)
+    return count
