@@ -1,9 +1,9 @@
 """BatchNorm after a concatenation of convolutions, folded into those convolutions (every int8 target).
 
 prepare_pt2e folds a BatchNorm into the conv it reads; one that reads a cat of convs (MixNet's mixed depthwise
-conv, NAS cells' FactorizedReduce) stays a float op between DEQUANTIZE and QUANTIZE: a delegate partition
-break on TFLite and ExecuTorch, and it makes convert_pt2e run torchao's QAT conv-BN fold (which re-exports
-~100 pattern graphs: 25–35 CPU s on MixNet/NASNet). pt2e.quantize runs this on the captured graph.
+conv, NAS cells' FactorizedReduce) stays a float op between dequantize and quantize (on TFLite a float SUB/MUL
+island that splits the XNNPACK delegate), and it makes convert_pt2e run torchao's QAT conv-BN fold, which
+re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). pt2e.quantize runs this on the captured graph.
 """
 
 from __future__ import annotations

@@ -220,9 +220,9 @@ def quantize(
     from lwdeploy.quantization.batchnorm_fold import batchnorm_through_cat
 
     # every target: a BatchNorm after a cat of convs (MixNet's mixed-kernel conv, NAS cells' FactorizedReduce)
-    # is no conv→BN pair for prepare_pt2e to fold, so it stayed a float op between DEQUANTIZE/QUANTIZE (MixNet-S
-    # ExecuTorch: 13 of them, 14 delegate partitions), and convert_pt2e then ran torchao's QAT conv-BN fold, which
-    # re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). Folded into the convs, none remains.
+    # is no conv→BN pair for prepare_pt2e to fold, so it stayed a float op between dequantize/quantize (TFLite:
+    # float SUB/MUL islands; MixNet-S has 13, NASNet-A 4), and convert_pt2e then ran torchao's QAT conv-BN fold,
+    # which re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). Folded into the convs, none remains.
     folded = batchnorm_through_cat(graph)
     from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
