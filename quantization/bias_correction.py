@@ -60,7 +60,7 @@ def _folded_weight(layer: nn.Module, bn: nn.BatchNorm2d | None) -> torch.Tensor:
 
 @torch.no_grad()
 def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[str] = (),
-                   batch: int = 4, reference: nn.Module | None = None) -> tuple[nn.Module, int]:
+                   batch: int = 16, reference: nn.Module | None = None) -> tuple[nn.Module, int]:
     """A copy of `model` with biases corrected for int8 weight rounding; returns (copy, layers corrected).
 
     `skip`: module paths (and everything inside them) left alone — layers kept in float.
