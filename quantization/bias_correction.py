@@ -107,9 +107,8 @@ def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Ite
     handles = [layers[p][0].register_forward_hook(hook(p)) for p in layers]
     try:
         images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib])
-        with torch.no_grad():  # autograd would keep every activation of the batch alive (~400 MB, MobileNetV2)
-            for i in range(0, len(images), batch):
-                out(images[i:i + batch])
+        for i in range(0, len(images), batch):
+            out(images[i:i + batch])
     finally:
         for h in handles:
             h.remove()
