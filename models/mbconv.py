@@ -14,6 +14,7 @@ MobileNetV2/V3, MNASNet, FBNet, ChamNet, MixNet, EfficientNet(-Lite/V2) and Tiny
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass, replace
@@ -116,9 +117,7 @@ class MixedDepthwise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # slices, not torch.split: ExecuTorch's XNNPACK partitioner leaves split_with_sizes_copy outside the
         # delegate (one partition break per mixed conv); TFLite gets the same SLICE ops either way
-        bounds = [0]
-        for c in self.splits:
-            bounds.append(bounds[-1] + c)
+        bounds = [0, *itertools.accumulate(self.splits)]
         return torch.cat([conv(x[:, a:b]) for conv, a, b in zip(self.convs, bounds, bounds[1:])], dim=1)
 
 
