@@ -13,6 +13,7 @@ import operator
 import torch
 
 from lwdeploy.quantization.fx_nodes import copy_meta as _copy_meta
+from lwdeploy.quantization.fx_nodes import finish_rewrite
 from lwdeploy.quantization.fx_nodes import node_val as _val
 
 aten = torch.ops.aten
@@ -77,8 +78,6 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
             gm.graph.erase_node(u)
         gm.graph.erase_node(bn)
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
+    if finish_rewrite(gm, count):
         _fuse_conv_bn_(gm)
     return count

@@ -1,4 +1,4 @@
-"""Two small helpers for rewriting torch.export FX graphs (shared by tflite_int8.py and batchnorm_fold.py)."""
+"""Small helpers for rewriting torch.export FX graphs (shared by tflite_int8.py and batchnorm_fold.py)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def copy_meta(new: torch.fx.Node, old: torch.fx.Node, val) -> None:
             new.meta[key] = old.meta[key]
     if val is not None:
         new.meta["val"] = val
+
+
+def finish_rewrite(gm: torch.fx.GraphModule, count: int) -> int:
+    """End of a graph pass that changed `count` nodes: check the graph and regenerate its code (skipped when
+    nothing changed: recompiling a large graph costs real time). Returns `count`."""
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count

@@ -43,6 +43,7 @@ from litert_torch.quantize import pt2e_quantizer as pq
 from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
 from lwdeploy.quantization.fx_nodes import copy_meta as _copy_meta
+from lwdeploy.quantization.fx_nodes import finish_rewrite
 from lwdeploy.quantization.fx_nodes import node_val as _val
 
 ANNOTATION = "quantization_annotation"
@@ -131,10 +132,7 @@ def splits_to_slices(gm: torch.fx.GraphModule) -> int:
             gm.graph.erase_node(getitem)
         gm.graph.erase_node(node)
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return finish_rewrite(gm, count)
 
 
 def _pool_args(node: torch.fx.Node):
@@ -196,10 +194,7 @@ def padded_avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
         node.replace_all_uses_with(result)
         gm.graph.erase_node(node)
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return finish_rewrite(gm, count)
 
 
 _RELUS = {aten.relu.default, aten.relu_.default}
@@ -223,10 +218,7 @@ def merge_duplicate_relus(gm: torch.fx.GraphModule) -> int:
             twin.replace_all_uses_with(node)
             gm.graph.erase_node(twin)
             removed += 1
-    if removed:
-        gm.graph.lint()
-        gm.recompile()
-    return removed
+    return finish_rewrite(gm, removed)
 
 
 MAX_CAT_INPUTS = 5     # XNNPACK's CONCATENATION takes 2–5 inputs (measured: a 6-input int8 cat splits the delegate)
@@ -256,10 +248,7 @@ def wide_cats_nested(gm: torch.fx.GraphModule) -> int:
         inner.meta["source_fn_stack"] = [(inner.name, torch.cat)]     # litert-torch's cat annotator finds it
         cat.args = (inputs[:start] + [inner] + inputs[start + run:], *cat.args[1:])
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return finish_rewrite(gm, count)
 
 
 def unfusable_relus_to_add_relu(gm: torch.fx.GraphModule) -> int:
@@ -294,10 +283,7 @@ def unfusable_relus_to_add_relu(gm: torch.fx.GraphModule) -> int:
         add.meta["source_fn_stack"] = [(add.name, operator.add)]
         relu.args = (add, *relu.args[1:])
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return finish_rewrite(gm, count)
 
 
 def annotate_zero_add_relus(gm: torch.fx.GraphModule, input_spec, output_spec) -> int:
@@ -380,10 +366,7 @@ def strided_max_pools_to_same(gm: torch.fx.GraphModule) -> int:
         node.replace_all_uses_with(conv)
         gm.graph.erase_node(node)
         count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+    return finish_rewrite(gm, count)
 
 
 def share_subsample_qparams(gm: torch.fx.GraphModule) -> int:
