@@ -23,6 +23,7 @@ from .base import ConversionResult, Converter, ExportRequest, Verification
 from .diagnose import explain_failure
 from .fidelity import compare, time_calls
 from .provenance import shared_node_provenance
+from .xnnpack_passes import graph_aware_xnnpack_passes
 from .timing import StageTimer
 
 WARMUP, TIMED_RUNS = 20, 50
@@ -116,7 +117,7 @@ class ExecuTorchConverter(Converter):
                     # the pipeline exports a shared int8 program once to hand it to a worker: reuse that one
                     exported = getattr(req.quantized, "exported", None) or torch.export.export(model, (example,))
                 graph_for_errors = exported
-                with timer("to_edge_transform_and_lower"):
+                with timer("to_edge_transform_and_lower"), graph_aware_xnnpack_passes():
                     edge = to_edge_transform_and_lower(exported, partitioner=[partitioner],
                                                        generate_etrecord=generate_etrecord)
                 delegation = {"delegate": delegate, **delegation_of(edge)}
