@@ -35,7 +35,10 @@ def test_matrix_runs_and_records_failures(tmp_path):
     assert not bad["ok"] and "32" in bad["error"]
     assert result["summary"]["cells"] == 2 and result["summary"]["ok"] == 1
     # the whole tree's peak: at least the largest worker (sampled, so a worker's last spike may be missed)
-    assert result["summary"]["peak_rss_mb"] > 0.8 * result["summary"]["peak_worker_rss_mb"] > 100
+    summary = result["summary"]
+    assert summary["peak_rss_mb"] > 0.8 * summary["peak_worker_rss_mb"] > 100
+    assert 100 < summary["peak_memory_mb"] <= summary["peak_rss_mb"]  # PSS: shared pages counted once
+    assert all(0 < r["peak_pss_mb"] <= summary["peak_memory_mb"] for r in result["rows"] if r["ok"])
     saved = json.loads((out / "matrix.json").read_text())
     assert saved["summary"] == result["summary"]
     md = (out / "matrix.md").read_text()
@@ -82,6 +85,22 @@ def test_tree_memory_counts_child_processes():
         child.join()
         memory.stop()
     assert memory.peak_mb > before + 280
+    assert memory.peak_rss_sum_mb >= memory.peak_mb * 0.95  # RSS counts shared library pages once per process
+
+
+def test_scheduler_runs_largest_graphs_first_and_never_two_heavy_ones_at_once():
+    from lwdeploy.matrix import graph_sizes, heavy_models, next_model
+
+    names = ["mobilenet_v2_100", "nasnet_a_mobile", "squeezenet_1_0", "pnasnet_5_mobile", "ghostnet_100"]
+    sizes = graph_sizes(names)
+    assert sizes["nasnet_a_mobile"] > sizes["ghostnet_100"] > sizes["mobilenet_v2_100"] > sizes["squeezenet_1_0"] > 0
+    heavy = heavy_models(sizes)
+    assert heavy == {"nasnet_a_mobile", "pnasnet_5_mobile"}
+    pending = sorted(names, key=lambda m: -sizes[m])
+    assert next_model(pending, {}, heavy) == "nasnet_a_mobile"
+    assert next_model(pending[1:], {"nasnet_a_mobile": None}, heavy) == "ghostnet_100"  # PNASNet waits
+    assert next_model(["pnasnet_5_mobile"], {"nasnet_a_mobile": None}, heavy) is None
+    assert next_model(["pnasnet_5_mobile"], {"ghostnet_100": None}, heavy) == "pnasnet_5_mobile"
 
 
 def test_renderers_escape_errors():

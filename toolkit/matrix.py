@@ -120,14 +120,19 @@ def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions:
     ctx = mp.get_context("spawn")
     done: dict[str, list[dict]] = {}
     running: dict[str, tuple] = {}
-    pending = list(models)
+    sizes = graph_sizes(models)
+    pending = sorted(models, key=lambda m: -sizes[m])  # largest first: the longest export never runs last, alone
+    heavy = heavy_models(sizes)
     t_start = time.perf_counter()
     memory = TreeMemory()
     memory.start()
     try:
         while pending or running:
-            while pending and len(running) < jobs and _room(memory, done, running, memory_mb):
-                model = pending.pop(0)
+            while pending and len(running) < jobs and _room(memory, done, running, memory_mb, jobs):
+                model = next_model(pending, running, heavy)
+                if model is None:  # only heavy models left and one is running: wait for it
+                    break
+                pending.remove(model)
                 result_file = out_dir / f".{model}.rows.json"
                 result_file.unlink(missing_ok=True)
                 proc = ctx.Process(target=_worker, args=(model, list(targets), list(precisions),
@@ -146,6 +151,8 @@ def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions:
                     proc.join()
                     got = json.loads(result_file.read_text())
                     result_file.unlink()
+                    for r in got:
+                        r["peak_pss_mb"] = round(memory.child_peak_mb.get(proc.pid, 0)) or None
                 else:
                     got = [_failed(model, t, p, f"worker died (exit code {proc.exitcode})")
                            for p in precisions for t in targets]
@@ -154,35 +161,76 @@ def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions:
                 if on_model:
                     on_model(model, got)
                 rows = [r for m in models if m in done for r in done[m]]
-                _write(rows, models, targets, precisions, out_dir, t_start, memory.peak_mb, jobs)  # partial results survive a stop
+                _write(rows, models, targets, precisions, out_dir, t_start, memory, jobs)  # partial results survive a stop
     finally:
         memory.stop()
         for proc, _, _ in running.values():
             proc.kill()
     rows = [r for m in models if m in done for r in done[m]]
-    return _write(rows, models, targets, precisions, out_dir, t_start, memory.peak_mb, jobs)
+    return _write(rows, models, targets, precisions, out_dir, t_start, memory, jobs)
 
 
-def _room(memory: "TreeMemory", done: dict, running: dict, memory_mb: float | None) -> bool:
+def graph_sizes(models: Sequence[str]) -> dict[str, int]:
+    """Leaf modules per model: the size of the graph every converter walks. Export time and peak memory grow
+    with it (default matrix: NASNet-A's 840 leaves took 410 s and 1717 MB, MobileNetV2's 178 took 77 s and
+    1326 MB); building a zoo model takes ~0.1 s."""
+    import torch
+
+    from lwdeploy.models import create
+
+    sizes = {}
+    for name in models:
+        try:
+            with torch.device("meta"):  # shapes only: no weights are allocated or initialised
+                net = create(name)
+            sizes[name] = sum(1 for m in net.modules() if not any(True for _ in m.children()))
+        except Exception:  # a model that cannot be built on "meta": unknown size, scheduled last; its worker reports why
+            sizes[name] = 0
+    return sizes
+
+
+def heavy_models(sizes: dict[str, int]) -> set[str]:
+    """Models with at least twice the median graph: two of them converting at once passed 3 GB together
+    (the NAS cells: each worker peaks at 1.5–1.7 GB), so the scheduler never runs two at the same time."""
+    if len(sizes) < 2:
+        return set()
+    ordered = sorted(sizes.values())
+    median = ordered[len(ordered) // 2]
+    return {m for m, n in sizes.items() if n >= 2 * median}
+
+
+def next_model(pending: Sequence[str], running, heavy: set[str]) -> str | None:
+    """The first pending model that may start now: a heavy one only while no other heavy one runs."""
+    return next((m for m in pending if not (m in heavy and heavy & set(running))), None)
+
+
+def _room(memory: "TreeMemory", done: dict, running: dict, memory_mb: float | None, jobs: int = 1) -> bool:
     if not running or not memory_mb:
         return True
-    peaks = [r.get("peak_rss_mb") or 0 for rows in done.values() for r in rows]
-    if not peaks:  # nothing measured yet: wait for the first worker to show what one costs
-        return False
-    return memory.current_mb() + max(peaks) <= memory_mb
+    # what a finished worker took from the machine at its peak (PSS; its RSS where PSS was not sampled)
+    peaks = [r.get("peak_pss_mb") or r.get("peak_rss_mb") or 0 for rows in done.values() for r in rows]
+    # before any worker has finished, assume one takes its fair share of the budget
+    expected = max(peaks) if peaks else memory_mb / max(jobs, 1)
+    return memory.current_mb() + expected <= memory_mb
 
 
 class TreeMemory:
-    """Peak RSS of this process and all its descendants together, sampled from /proc every 0.2 s.
+    """Memory of this process and all its descendants together, sampled from /proc every 0.2 s.
 
-    Written by hand because psutil is not a dependency; on a system without /proc the peak is this
-    process tree's largest single ru_maxrss (a lower bound), said so in the summary.
+    `peak_mb` is the peak of the summed proportional set size (PSS, /proc/PID/smaps_rollup): a page shared by
+    several processes counts once in total. That is what the run takes from the machine; summed RSS counts
+    the ~250 MB of torch/ExecuTorch/LiteRT libraries every worker maps once per process (`peak_rss_sum_mb`
+    keeps that figure too). Without smaps_rollup (Linux < 4.14) PSS falls back to RSS. Written by hand because
+    psutil is not a dependency; on a system without /proc the peak is this process tree's largest single
+    ru_maxrss (a lower bound).
     """
 
     def __init__(self, interval_s: float = 0.2):
         import threading
 
-        self.interval_s, self.peak_mb, self.sampled = interval_s, 0.0, os.path.isdir("/proc/self")
+        self.interval_s, self.sampled = interval_s, os.path.isdir("/proc/self")
+        self.peak_mb = self.peak_rss_sum_mb = 0.0
+        self.child_peak_mb: dict[int, float] = {}  # direct child pid → peak PSS of its process tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -193,12 +241,17 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         if not self.sampled:
-            self.peak_mb = max(resource.getrusage(w).ru_maxrss / 1024
-                               for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+            self.peak_mb = self.peak_rss_sum_mb = max(resource.getrusage(w).ru_maxrss / 1024
+                                                      for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
     def current_mb(self) -> float:
+        """PSS of the process tree now, MB."""
+        return self.sample()[0]
+
+    def sample(self) -> tuple[float, float]:
+        """(PSS, RSS) summed over this process tree, MB."""
         if not self.sampled:
-            return 0.0
+            return 0.0, 0.0
         children: dict[int, list[int]] = {}
         rss_pages: dict[int, int] = {}
         for entry in os.listdir("/proc"):
@@ -212,28 +265,52 @@ class TreeMemory:
             pid = int(entry)
             children.setdefault(int(fields[1]), []).append(pid)  # fields[1]: parent pid
             rss_pages[pid] = int(fields[21])                      # fields[21]: resident pages
-        total, stack = 0, [os.getpid()]
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        pss = rss = 0.0
+        me = os.getpid()
+        stack = [(me, None)]
+        per_child: dict[int, float] = {}
         while stack:
-            pid = stack.pop()
-            total += rss_pages.get(pid, 0)
-            stack.extend(children.get(pid, ()))
-        return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+            pid, child = stack.pop()
+            rss += rss_pages.get(pid, 0) * page_mb
+            p = _pss_mb(pid, rss_pages.get(pid, 0) * page_mb)
+            pss += p
+            if child is not None:
+                per_child[child] = per_child.get(child, 0.0) + p
+            stack.extend((c, c if pid == me else child) for c in children.get(pid, ()))
+        for child, p in per_child.items():  # each worker's own peak, with its conversion processes
+            self.child_peak_mb[child] = max(self.child_peak_mb.get(child, 0.0), p)
+        return pss, rss
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self.current_mb())
+            pss, rss = self.sample()
+            self.peak_mb, self.peak_rss_sum_mb = max(self.peak_mb, pss), max(self.peak_rss_sum_mb, rss)
             self._stop.wait(self.interval_s)
 
 
-def _write(rows: list[dict], models, targets, precisions, out_dir: Path, t_start: float, tree_peak_mb: float = 0,
-           jobs: int = 1) -> dict:
+def _pss_mb(pid: int, rss_mb: float) -> float:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # no smaps_rollup (old kernel) or the process ended: its RSS
+        pass
+    return rss_mb
+
+
+def _write(rows: list[dict], models, targets, precisions, out_dir: Path, t_start: float,
+           memory: TreeMemory | None = None, jobs: int = 1) -> dict:
+    worker_peak = max((r.get("peak_rss_mb") or 0 for r in rows), default=0)
     summary = {
         "cells": len(rows), "ok": sum(r["ok"] for r in rows),
         "success_rate": round(sum(r["ok"] for r in rows) / max(1, len(rows)), 4),
         "wall_s": round(time.perf_counter() - t_start, 1), "jobs": jobs,
         # all processes of the run at once (workers, their conversion processes, this one)
-        "peak_rss_mb": round(tree_peak_mb) or max((r.get("peak_rss_mb") or 0 for r in rows), default=0),
-        "peak_worker_rss_mb": max((r.get("peak_rss_mb") or 0 for r in rows), default=0),
+        "peak_memory_mb": round(memory.peak_mb if memory else 0) or worker_peak,   # PSS: shared pages once
+        "peak_rss_mb": round(memory.peak_rss_sum_mb if memory else 0) or worker_peak,  # RSS summed per process
+        "peak_worker_rss_mb": worker_peak,
         "models": list(models), "models_done": len({r["model"] for r in rows}),
         "targets": list(targets), "precisions": list(precisions),
         "cpu_count": os.cpu_count(),
@@ -273,7 +350,8 @@ def to_markdown(result: dict) -> str:
              "",
              f"Generated by `lwdeploy matrix` — {s['ok']}/{s['cells']} cells succeed ({s['success_rate']:.1%}); "
              f"wall {s['wall_s'] / 60:.1f} min on {s['cpu_count']} cores, {s.get('jobs', 1)} model(s) at a time; peak memory "
-             f"{s['peak_rss_mb']} MB (all processes together; largest worker {s.get('peak_worker_rss_mb', '—')} MB). "
+             f"{s.get('peak_memory_mb', s['peak_rss_mb'])} MB (all processes together, shared library pages counted "
+             f"once; RSS summed per process {s['peak_rss_mb']} MB; largest worker {s.get('peak_worker_rss_mb', '—')} MB). "
              "Host latency: LiteRT interpreter (XNNPACK) / ExecuTorch runtime on this machine; Core ML is checked "
              "structurally on Linux (no latency).",
              "",
@@ -307,7 +385,7 @@ tr.bad td{{background:#fff1f0}} tr.err td{{text-align:left;color:#a8071a;font-si
 </style></head><body>
 <h1>lwdeploy deployability matrix</h1>
 <div class="summary">{s['ok']}/{s['cells']} cells succeed ({s['success_rate']:.1%}) · wall {s['wall_s'] / 60:.1f} min ·
-peak memory {s['peak_rss_mb']} MB · {s.get('jobs', 1)} at a time · targets {', '.join(s['targets'])} · precisions {', '.join(s['precisions'])}</div>
+peak memory {s.get('peak_memory_mb', s['peak_rss_mb'])} MB · {s.get('jobs', 1)} at a time · targets {', '.join(s['targets'])} · precisions {', '.join(s['precisions'])}</div>
 <table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
 </body></html>
 """

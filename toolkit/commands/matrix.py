@@ -19,8 +19,8 @@ import click
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(min=1),
               help="Models exported at once (each in its own process, converting its targets one by one).")
 @click.option("--max-memory", "memory_mb", default=3000, show_default=True, type=click.IntRange(min=1),
-              help="MB: with --jobs > 1, start another model only while all processes plus the largest model "
-                   "seen so far fit.")
+              help="MB: with --jobs > 1, start another model only while all processes (PSS) plus the largest "
+                   "model seen so far fit; graphs twice the median size (NAS cells) never convert two at once.")
 def matrix(models, targets, precisions, out_dir, resolution, calib_samples, heldout_samples, timeout_s, jobs,
            memory_mb):
     """Export MODELS (default: one variant per zoo family) to every target × precision and verify each.
@@ -54,4 +54,4 @@ def matrix(models, targets, precisions, out_dir, resolution, calib_samples, held
                             jobs=jobs, memory_mb=memory_mb)
     s = result["summary"]
     console.print(f"[bold]{s['ok']}/{s['cells']}[/] cells succeed ({s['success_rate']:.1%}) in {s['wall_s'] / 60:.1f} min, "
-                  f"peak memory {s['peak_rss_mb']} MB — {Path(out_dir) / 'matrix.md'}, matrix.html, matrix.json")
+                  f"peak memory {s['peak_memory_mb']} MB — {Path(out_dir) / 'matrix.md'}, matrix.html, matrix.json")
