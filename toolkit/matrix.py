@@ -211,25 +211,27 @@ def _room(memory: "TreeMemory", done: dict, running: dict, memory_mb: float | No
     peaks = [r.get("peak_pss_mb") or r.get("peak_rss_mb") or 0 for rows in done.values() for r in rows]
     # before any worker has finished, assume one takes its fair share of the budget
     expected = max(peaks) if peaks else memory_mb / max(jobs, 1)
-    return memory.current_mb() + expected <= memory_mb
+    return memory.latest_mb + expected <= memory_mb  # the sampler's last reading: a fresh one costs ~60 ms
 
 
 class TreeMemory:
-    """Memory of this process and all its descendants together, sampled from /proc every 0.2 s.
+    """Memory of this process and all its descendants together, sampled from /proc once a second.
 
     `peak_mb` is the peak of the summed proportional set size (PSS, /proc/PID/smaps_rollup): a page shared by
     several processes counts once in total. That is what the run takes from the machine; summed RSS counts
     the ~250 MB of torch/ExecuTorch/LiteRT libraries every worker maps once per process (`peak_rss_sum_mb`
-    keeps that figure too). Without smaps_rollup (Linux < 4.14) PSS falls back to RSS. Written by hand because
+    keeps that figure too). Reading smaps_rollup walks the page tables: ~21 ms of CPU for a 1.2 GB process, so
+    sampling three workers every 0.2 s took ~0.3 of a core from the conversions; once a second still catches the
+    peaks (the memory-heavy conversion stages last seconds) at a twentieth of a core. Without smaps_rollup (Linux < 4.14) PSS falls back to RSS. Written by hand because
     psutil is not a dependency; on a system without /proc the peak is this process tree's largest single
     ru_maxrss (a lower bound).
     """
 
-    def __init__(self, interval_s: float = 0.2):
+    def __init__(self, interval_s: float = 1.0):
         import threading
 
         self.interval_s, self.sampled = interval_s, os.path.isdir("/proc/self")
-        self.peak_mb = self.peak_rss_sum_mb = 0.0
+        self.peak_mb = self.peak_rss_sum_mb = self.latest_mb = 0.0
         self.child_peak_mb: dict[int, float] = {}  # direct child pid → peak PSS of its process tree
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -285,6 +287,7 @@ class TreeMemory:
     def _run(self):
         while not self._stop.is_set():
             pss, rss = self.sample()
+            self.latest_mb = pss
             self.peak_mb, self.peak_rss_sum_mb = max(self.peak_mb, pss), max(self.peak_rss_sum_mb, rss)
             self._stop.wait(self.interval_s)
 
