@@ -248,3 +248,34 @@ def test_batchnorm_after_cat_is_folded_for_every_target(target):
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         assert _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x)) > 25
+
+
+class _SharedConvBN(torch.nn.Module):
+    """Pre-activation dense block (CondenseNet's stem): the conv's output is normalised AND concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, 1, 1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return torch.cat([y, self.conv(torch.relu(self.bn(y)))], 1).mean((2, 3))
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_batchnorm_on_a_conv_with_other_readers_is_not_folded_into_it(target):
+    torch.manual_seed(0)
+    model = _SharedConvBN()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.2, 0.5)
+        model.bn.weight.uniform_(1.5, 2.5)
+    model.eval()
+    calib = [torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    qm = quantize(model, calib[0], target, calib, bias_correction=False)
+    assert qm.scheme["batchnorms_on_shared_convs_as_depthwise"] == 1
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():  # folded into the stem, the BN also rescaled the concatenated copy: SQNR < 10 dB
+        assert _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x)) > 25
