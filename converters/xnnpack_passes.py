@@ -1,4 +1,4 @@
-"""Leave out the XNNPACK lowering passes that cannot change the graph at hand.
+"""Skip the XNNPACK lowering passes that cannot change the graph at hand.
 
 ExecuTorch's XnnpackBackend.preprocess runs a fixed list of 17 passes on every delegated graph. Two of them
 search for decomposed subgraphs by pattern matching against the whole graph:
@@ -8,10 +8,12 @@ whole graph as Python source twice for a debug log line that is usually off). On
 no attention at all.
 
 A pattern can only match if every operator it calls occurs in the graph (SubgraphMatcher compares call
-targets). So a pattern pass first looks at the graph it is handed (after the passes before it ran) and, when
-none of its patterns passes that test, returns it unchanged; every other pass runs as ExecuTorch runs it. ExecuTorch has no switch for this (the list is fixed unless a compile spec
-asks for the dqlinear subset), so, scoped to our conversions, the backend's pass manager is swapped for a
-subclass that filters the list. tests/test_xnnpack_passes.py checks the .pte bytes are unchanged.
+targets). So each pattern pass first looks at the graph it is handed (after the passes before it ran) and,
+when none of its patterns passes that test, returns it unchanged; every other pass runs as ExecuTorch runs
+it. ExecuTorch has no switch for this (the list is fixed unless a compile spec asks for the dqlinear
+subset), so, scoped to our conversions, the backend's pass manager is swapped for a subclass whose list
+holds the two pattern passes wrapped that way. tests/test_xnnpack_passes.py checks the .pte bytes are
+unchanged.
 """
 
 from __future__ import annotations

@@ -184,14 +184,15 @@ def graph_sizes(models: Sequence[str]) -> dict[str, int]:
             with torch.device("meta"):  # shapes only: no weights are allocated or initialised
                 net = create(name)
             sizes[name] = sum(1 for m in net.modules() if not any(True for _ in m.children()))
-        except Exception:  # a model that cannot be built on "meta": unknown size, scheduled last; its worker reports why
+        except Exception:  # cannot be built on "meta": unknown size, scheduled last (its worker reports why)
             sizes[name] = 0
     return sizes
 
 
 def heavy_models(sizes: dict[str, int]) -> set[str]:
-    """Models with at least twice the median graph: two of them converting at once passed 3 GB together
-    (the NAS cells: each worker peaks at 1.5–1.7 GB), so the scheduler never runs two at the same time."""
+    """Models with at least twice the median graph (the NAS cells): their workers peak at 1.5–1.7 GB RSS
+    (the others at 1.05–1.5 GB), so two of them plus this process would pass 3 GB. The scheduler never runs
+    two at the same time."""
     if len(sizes) < 2:
         return set()
     ordered = sorted(sizes.values())
@@ -222,9 +223,9 @@ class TreeMemory:
     the ~250 MB of torch/ExecuTorch/LiteRT libraries every worker maps once per process (`peak_rss_sum_mb`
     keeps that figure too). Reading smaps_rollup walks the page tables: ~21 ms of CPU for a 1.2 GB process, so
     sampling three workers every 0.2 s took ~0.3 of a core from the conversions; once a second still catches the
-    peaks (the memory-heavy conversion stages last seconds) at a twentieth of a core. Without smaps_rollup (Linux < 4.14) PSS falls back to RSS. Written by hand because
-    psutil is not a dependency; on a system without /proc the peak is this process tree's largest single
-    ru_maxrss (a lower bound).
+    peaks (the memory-heavy conversion stages last seconds) for ~0.06 of a core. Without smaps_rollup
+    (Linux < 4.14) PSS falls back to RSS. Written by hand because psutil is not a dependency; on a system
+    without /proc the peak is this process tree's largest single ru_maxrss (a lower bound).
     """
 
     def __init__(self, interval_s: float = 1.0):
