@@ -83,15 +83,18 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
     return count
 
 
-def shared_conv_batchnorms_to_depthwise(gm: torch.fx.GraphModule) -> int:
-    """BatchNorm(conv) where the conv has other readers → a 1×1 depthwise conv with the BN's scale and shift.
+def batchnorms_to_depthwise(gm: torch.fx.GraphModule, *, standalone: bool = False) -> int:
+    """BatchNorm(conv) where the conv has other readers → a 1×1 depthwise conv with the BN's scale and shift;
+    with `standalone`, also every BN whose input is no conv at all (after a cat, a pool, an add).
 
     prepare_pt2e folds every BN that reads a conv into that conv's weights (torchao's `_fuse_conv_bn_` does not
     look at the conv's other users), which changes the conv's output for every other reader too. Pre-activation
     dense blocks have exactly that shape: CondenseNet's stem conv feeds both the first layer's BN and the dense
     concatenation, and its int8 output SQNR was −10 dB (+12 dB with the BN kept apart). As a depthwise 1×1
     conv the BN stays a separate op, runs in int8 inside the delegate on every target, and nothing folds it
-    into the shared conv. Returns how many BNs were rewritten."""
+    into the shared conv. A standalone BN is not annotated by litert-torch's quantizer: on TFLite it stayed a
+    float MUL/ADD island between DEQUANTIZE/QUANTIZE (CondenseNet: 72 of them). Returns how many BNs were
+    rewritten."""
     count = 0
     for bn in list(gm.graph.nodes):
         if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
@@ -99,8 +102,11 @@ def shared_conv_batchnorms_to_depthwise(gm: torch.fx.GraphModule) -> int:
         if bn.target is aten.batch_norm.default and bn.args[5]:
             continue                                    # training-mode BN: batch statistics
         conv = bn.args[0]
-        if not (isinstance(conv, torch.fx.Node) and conv.target in _CONVS and len(conv.users) > 1):
+        if not isinstance(conv, torch.fx.Node):
             continue
+        is_conv = conv.target in _CONVS
+        if (is_conv and len(conv.users) == 1) or (not is_conv and not standalone):
+            continue                                    # prepare_pt2e folds it (or the target keeps it)
         val = _val(conv)
         if val is None or val.dim() != 4:
             continue

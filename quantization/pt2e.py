@@ -217,15 +217,16 @@ def quantize(
     # non-strict export + the source tags litert-torch's add/mul/cat/pool annotators match on (capture.py)
     with step("quantize.torch_export"):
         graph = capture.capture(model, example)
-    from lwdeploy.quantization.batchnorm_fold import batchnorm_through_cat, shared_conv_batchnorms_to_depthwise
+    from lwdeploy.quantization.batchnorm_fold import batchnorm_through_cat, batchnorms_to_depthwise
 
     # every target: a BatchNorm after a cat of convs (MixNet's mixed-kernel conv, NAS cells' FactorizedReduce)
     # is no conv→BN pair for prepare_pt2e to fold, so it stayed a float op between dequantize/quantize (TFLite:
     # float SUB/MUL islands; MixNet-S has 13, NASNet-A 4), and convert_pt2e then ran torchao's QAT conv-BN fold,
     # which re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). Folded into the convs, none remains.
     folded = batchnorm_through_cat(graph)
-    # a BN reading a conv that other ops read too: prepare_pt2e would fold it into that conv for every reader
-    kept_apart = shared_conv_batchnorms_to_depthwise(graph)
+    # a BN reading a conv that other ops read too: prepare_pt2e would fold it into that conv for every reader;
+    # TFLite: also every BN after a non-conv (litert-torch leaves it a float island)
+    kept_apart = batchnorms_to_depthwise(graph, standalone=builder == "tflite")
     from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
 
@@ -271,7 +272,7 @@ def quantize(
     if folded:
         scheme["batchnorms_folded_through_cat"] = folded
     if kept_apart:
-        scheme["batchnorms_on_shared_convs_as_depthwise"] = kept_apart
+        scheme["batchnorms_as_depthwise"] = kept_apart
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)
 
 

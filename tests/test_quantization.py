@@ -275,7 +275,7 @@ def test_batchnorm_on_a_conv_with_other_readers_is_not_folded_into_it(target):
     model.eval()
     calib = [torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     qm = quantize(model, calib[0], target, calib, bias_correction=False)
-    assert qm.scheme["batchnorms_on_shared_convs_as_depthwise"] == 1
+    assert qm.scheme["batchnorms_as_depthwise"] == 1
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():  # folded into the stem, the BN also rescaled the concatenated copy: SQNR < 10 dB
         assert _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x)) > 25
