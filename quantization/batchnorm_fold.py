@@ -101,13 +101,13 @@ def batchnorms_to_depthwise(gm: torch.fx.GraphModule, *, standalone: bool = Fals
             continue
         if bn.target is aten.batch_norm.default and bn.args[5]:
             continue                                    # training-mode BN: batch statistics
-        conv = bn.args[0]
-        if not isinstance(conv, torch.fx.Node):
+        source = bn.args[0]
+        if not isinstance(source, torch.fx.Node):
             continue
-        is_conv = conv.target in _CONVS
-        if (is_conv and len(conv.users) == 1) or (not is_conv and not standalone):
+        is_conv = source.target in _CONVS
+        if (is_conv and len(source.users) == 1) or (not is_conv and not standalone):
             continue                                    # prepare_pt2e folds it (or the target keeps it)
-        val = _val(conv)
+        val = _val(source)
         if val is None or val.dim() != 4:
             continue
         if bn.target is not aten.batch_norm.default and not all(
@@ -130,7 +130,7 @@ def batchnorms_to_depthwise(gm: torch.fx.GraphModule, *, standalone: bool = Fals
             w.meta["val"] = getattr(gm, f"{tag}_weight")
             b = gm.graph.get_attr(f"{tag}_bias")
             b.meta["val"] = getattr(gm, f"{tag}_bias")
-            dw = gm.graph.call_function(aten.conv2d.default, (conv, w, b, [1, 1], [0, 0], [1, 1], channels))
+            dw = gm.graph.call_function(aten.conv2d.default, (source, w, b, [1, 1], [0, 0], [1, 1], channels))
             _copy_meta(dw, bn, val)
         if bn.target is aten.batch_norm.default:
             bn.replace_all_uses_with(dw)
