@@ -21,6 +21,44 @@ _BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_traini
 _CONVS = {aten.conv2d.default, aten.convolution.default}
 
 
+def _eval_batchnorms(gm: torch.fx.GraphModule):
+    """The graph's inference-mode BatchNorm nodes whose only output in use is the normalised tensor."""
+    for bn in list(gm.graph.nodes):
+        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
+            continue
+        if bn.target is aten.batch_norm.default and bn.args[5]:
+            continue                                    # training-mode BN: batch statistics, nothing to fold
+        if bn.target is not aten.batch_norm.default and not all(   # (out, mean, invstd): only out is read
+                u.target is operator.getitem and u.args[1] == 0 for u in bn.users):
+            continue
+        yield bn
+
+
+def _bn_tensors(gm: torch.fx.GraphModule, bn: torch.fx.Node) -> list:
+    """[weight, bias, running_mean, running_var] of `bn` (None where the node passes None)."""
+    params = dict(gm.named_parameters())
+    return [(params[a.target] if a.target in params else gm.get_buffer(a.target)).detach()
+            if isinstance(a, torch.fx.Node) else None for a in bn.args[1:5]]
+
+
+def _constant(gm: torch.fx.GraphModule, name: str, value: torch.Tensor) -> torch.fx.Node:
+    """`value` as a buffer of `gm` and a get_attr node for it at the graph's insertion point."""
+    gm.register_buffer(name, value)
+    node = gm.graph.get_attr(name)
+    node.meta["val"] = value
+    return node
+
+
+def _replace_batchnorm(gm: torch.fx.GraphModule, bn: torch.fx.Node, new: torch.fx.Node) -> None:
+    """Every reader of `bn`'s output reads `new` instead; `bn` (and its getitem) are removed."""
+    if bn.target is aten.batch_norm.default:
+        bn.replace_all_uses_with(new)
+    for u in list(bn.users):                            # _native_batch_norm_legit_no_training: getitem(…, 0)
+        u.replace_all_uses_with(new)
+        gm.graph.erase_node(u)
+    gm.graph.erase_node(bn)
+
+
 def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
     """BatchNorm(cat([conv, conv, …], dim=1)) → cat([conv', conv', …]): each conv takes its channels' slice of
     the BN, folded into its weights (torchao's conv-BN fold; prepare_pt2e's own folds only a BN that reads a conv
@@ -31,11 +69,7 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
     from torchao.quantization.pt2e.utils import _fuse_conv_bn_
 
     count = 0
-    for bn in list(gm.graph.nodes):
-        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
-            continue
-        if bn.target is aten.batch_norm.default and bn.args[5]:
-            continue                                    # training-mode BN: batch statistics, nothing to fold
+    for bn in _eval_batchnorms(gm):
         cat = bn.args[0]
         if not (isinstance(cat, torch.fx.Node) and cat.target is aten.cat.default and len(cat.users) == 1):
             continue
@@ -46,21 +80,13 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
         if not all(isinstance(i, torch.fx.Node) and i.target in _CONVS and len(i.users) == 1 and _val(i) is not None
                    for i in inputs):
             continue
-        if bn.target is not aten.batch_norm.default and not all(
-                u.target is operator.getitem and u.args[1] == 0 for u in bn.users):
-            continue
-        params = [gm.get_parameter(a.target) if a.target in dict(gm.named_parameters()) else gm.get_buffer(a.target)
-                  for a in bn.args[1:5]]
-        tag, start, pieces = f"_lw_catbn{count}", 0, []
+        params = _bn_tensors(gm, bn)
+        tag, start = f"_lw_catbn{count}", 0
         for j, conv in enumerate(inputs):
             width = int(_val(conv).shape[1])
-            attrs = []
             with gm.graph.inserting_before(cat):   # every conv comes before the cat
-                for name, p in zip(("weight", "bias", "mean", "var"), params):
-                    gm.register_buffer(f"{tag}_{j}_{name}", p.detach()[start:start + width].clone())
-                    attr = gm.graph.get_attr(f"{tag}_{j}_{name}")
-                    attr.meta["val"] = getattr(gm, f"{tag}_{j}_{name}")
-                    attrs.append(attr)
+                attrs = [_constant(gm, f"{tag}_{j}_{name}", p[start:start + width].clone())
+                         for name, p in zip(("weight", "bias", "mean", "var"), params)]
                 piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
                 if bn.target is aten.batch_norm.default:
                     _copy_meta(piece, bn, _val(conv))
@@ -70,13 +96,8 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
                     out = gm.graph.call_function(operator.getitem, (piece, 0))
                     _copy_meta(out, bn, _val(conv))
             conv.replace_all_uses_with(out, delete_user_cb=lambda user: user is cat)
-            pieces.append(out)
             start += width
-        (bn.replace_all_uses_with(cat) if bn.target is aten.batch_norm.default else
-         [u.replace_all_uses_with(cat) for u in list(bn.users)])
-        for u in list(bn.users):
-            gm.graph.erase_node(u)
-        gm.graph.erase_node(bn)
+        _replace_batchnorm(gm, bn, cat)
         count += 1
     if finish_rewrite(gm, count):
         _fuse_conv_bn_(gm)
@@ -96,11 +117,7 @@ def batchnorms_to_depthwise(gm: torch.fx.GraphModule, *, standalone: bool = Fals
     float MUL/ADD island between DEQUANTIZE/QUANTIZE (CondenseNet: 72 of them). Returns how many BNs were
     rewritten."""
     count = 0
-    for bn in list(gm.graph.nodes):
-        if bn.op != "call_function" or bn.target not in _BATCH_NORMS:
-            continue
-        if bn.target is aten.batch_norm.default and bn.args[5]:
-            continue                                    # training-mode BN: batch statistics
+    for bn in _eval_batchnorms(gm):
         source = bn.args[0]
         if not isinstance(source, torch.fx.Node):
             continue
@@ -110,34 +127,18 @@ def batchnorms_to_depthwise(gm: torch.fx.GraphModule, *, standalone: bool = Fals
         val = _val(source)
         if val is None or val.dim() != 4:
             continue
-        if bn.target is not aten.batch_norm.default and not all(
-                u.target is operator.getitem and u.args[1] == 0 for u in bn.users):
-            continue
-        named = dict(gm.named_parameters())
-        weight, bias, mean, var = [(named[a.target] if a.target in named else gm.get_buffer(a.target)).detach()
-                                   if isinstance(a, torch.fx.Node) else None for a in bn.args[1:5]]
+        weight, bias, mean, var = _bn_tensors(gm, bn)
         if mean is None or var is None:
             continue
         eps = bn.args[7] if bn.target is aten.batch_norm.default else bn.args[6]
         channels = int(val.shape[1])
         scale = torch.rsqrt(var + eps) * (weight if weight is not None else 1.0)
         shift = (bias if bias is not None else 0.0) - mean * scale
-        tag = f"_lw_bn_dw{count}"
-        gm.register_buffer(f"{tag}_weight", scale.reshape(channels, 1, 1, 1).clone())
-        gm.register_buffer(f"{tag}_bias", shift.clone())
         with gm.graph.inserting_before(bn):
-            w = gm.graph.get_attr(f"{tag}_weight")
-            w.meta["val"] = getattr(gm, f"{tag}_weight")
-            b = gm.graph.get_attr(f"{tag}_bias")
-            b.meta["val"] = getattr(gm, f"{tag}_bias")
+            w = _constant(gm, f"_lw_bn_dw{count}_weight", scale.reshape(channels, 1, 1, 1).clone())
+            b = _constant(gm, f"_lw_bn_dw{count}_bias", shift.clone())
             dw = gm.graph.call_function(aten.conv2d.default, (source, w, b, [1, 1], [0, 0], [1, 1], channels))
             _copy_meta(dw, bn, val)
-        if bn.target is aten.batch_norm.default:
-            bn.replace_all_uses_with(dw)
-        else:
-            for u in list(bn.users):
-                u.replace_all_uses_with(dw)
-                gm.graph.erase_node(u)
-        gm.graph.erase_node(bn)
+        _replace_batchnorm(gm, bn, dw)
         count += 1
     return finish_rewrite(gm, count)

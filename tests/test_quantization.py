@@ -231,23 +231,29 @@ class _ConvsCatBN(torch.nn.Module):
         return torch.relu(self.bn(torch.cat([self.convs[0](y[:, :4]), self.convs[1](y[:, 4:])], 1)))
 
 
-@pytest.mark.parametrize("target", ["executorch", "tflite"])
-def test_batchnorm_after_cat_is_folded_for_every_target(target):
-    torch.manual_seed(0)
-    model = _ConvsCatBN()
+def _quantize_with_bn_statistics(model, target, var: tuple[float, float], weight: tuple[float, float]):
+    """`model.bn` given non-identity statistics, then int8 (no bias correction) calibrated on 4 random 16² crops.
+    Returns the QuantizedModel and its output SQNR against float on 8 other crops."""
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
-        model.bn.running_var.uniform_(0.5, 2)
-        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.running_var.uniform_(*var)
+        model.bn.weight.uniform_(*weight)
     model.eval()
     calib = [torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     qm = quantize(model, calib[0], target, calib, bias_correction=False)
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        return qm, _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x))
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_batchnorm_after_cat_is_folded_for_every_target(target):
+    torch.manual_seed(0)
+    qm, sqnr = _quantize_with_bn_statistics(_ConvsCatBN(), target, var=(0.5, 2), weight=(0.5, 1.5))
     # a BN left in the quantized graph is a float op between dequantize/quantize: a delegate partition break
     assert not any("batch_norm" in o for o in _ops(qm.module))
     assert qm.scheme["batchnorms_folded_through_cat"] == 1
-    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():
-        assert _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x)) > 25
+    assert sqnr > 25
 
 
 class _SharedConvBN(torch.nn.Module):
@@ -267,15 +273,6 @@ class _SharedConvBN(torch.nn.Module):
 @pytest.mark.parametrize("target", ["executorch", "tflite"])
 def test_batchnorm_on_a_conv_with_other_readers_is_not_folded_into_it(target):
     torch.manual_seed(0)
-    model = _SharedConvBN()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-1, 1)
-        model.bn.running_var.uniform_(0.2, 0.5)
-        model.bn.weight.uniform_(1.5, 2.5)
-    model.eval()
-    calib = [torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    qm = quantize(model, calib[0], target, calib, bias_correction=False)
+    qm, sqnr = _quantize_with_bn_statistics(_SharedConvBN(), target, var=(0.2, 0.5), weight=(1.5, 2.5))
     assert qm.scheme["batchnorms_as_depthwise"] == 1
-    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(9))
-    with torch.no_grad():  # folded into the stem, the BN also rescaled the concatenated copy: SQNR < 10 dB
-        assert _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x)) > 25
+    assert sqnr > 25  # folded into the stem, the BN also rescaled the concatenated copy: SQNR < 10 dB
