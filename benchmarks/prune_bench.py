@@ -193,6 +193,7 @@ def accuracy_stage(name: str, args, console) -> dict:
                   teacher=teacher, device=dev, augment=True, console=console)
         row["recovery_seconds"] = round(r.seconds, 1)
         row["finetune_epochs"], row["finetune_lr"] = args.finetune_epochs, args.finetune_lr
+        row["trained_on"] = out["gpu"] or dev  # rows of one file may come from different runs and machines
         row["acc_recovered"] = evaluate(pruned, eval_set, device=dev)
         console.log(f"{name} @ {ratio:g}: recovered {row['acc_recovered']:.2f}% (unpruned {out['acc_unpruned']:.2f}%)")
         pruned.cpu()
@@ -221,6 +222,7 @@ def _earlier_ratios(path: Path, settings: dict, rerun) -> dict:
     for row in keep.values():  # rows written before rows carried their settings
         row.setdefault("finetune_epochs", old["settings"]["finetune_epochs"])
         row.setdefault("finetune_lr", old["settings"]["finetune_lr"])
+        row.setdefault("trained_on", old.get("gpu") or old.get("device"))
     return keep
 
 
@@ -406,7 +408,8 @@ def markdown(report: dict) -> str:
     head = []
     if accs:
         s = accs[0]["settings"]
-        dev = accs[0].get("gpu") or accs[0].get("device")
+        dev = " and ".join(sorted({r.get("trained_on") or a.get("gpu") or a.get("device")
+                                   for a in accs for r in [a, *a.get("ratios", {}).values()]} - {None}))
         head.append(f"Accuracy: Fashion-MNIST at {s['resolution']}×{s['resolution']} px (28 px grey upsampled, 3 "
                     f"channels), top-1 on {accs[0]['eval'].split(' (')[1].split(' images')[0]} test images. Unpruned "
                     f"net trained from scratch: {s['train_samples'] or 60000} images × {s['epochs']} epochs, AdamW "
