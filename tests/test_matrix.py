@@ -64,20 +64,20 @@ def _hold_memory(mb: int, ready, release):
 
 
 def test_tree_memory_counts_child_processes():
-    import multiprocessing as mp
     import time
 
-    from lwdeploy.matrix import TreeMemory
+    from lwdeploy.matrix import TreeMemory, worker_context
 
     memory = TreeMemory(interval_s=0.05)
     before = memory.current_mb()
     memory.start()
-    ctx = mp.get_context("spawn")
+    ctx = worker_context()  # as the matrix starts workers: forked by a fork server, not children of this process
     ready, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold_memory, args=(300, ready, release))
     child.start()
+    memory.roots.add(child.pid)
     try:
-        assert ready.wait(60)
+        assert ready.wait(120)
         time.sleep(0.3)
         assert memory.current_mb() > before + 280
     finally:
@@ -85,6 +85,7 @@ def test_tree_memory_counts_child_processes():
         child.join()
         memory.stop()
     assert memory.peak_mb > before + 280
+    assert memory.child_peak_mb[child.pid] > 280  # the worker's own peak, though the fork server is its parent
     assert memory.peak_rss_sum_mb >= memory.peak_mb * 0.95  # RSS counts shared library pages once per process
 
 
