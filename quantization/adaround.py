@@ -39,23 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lwdeploy.quantization.bias_correction import _bn_after, _folded_weight
+from lwdeploy.quantization.bias_correction import QMAX, _bn_after, _folded_weight, int8_weight, weight_scale
 from lwdeploy.quantization.pt2e import single_thread
 
-QMAX = 127                   # symmetric int8 weights on [-127, 127] (litert-torch, XNNPACK, our Core ML rules)
-SCALE_EPS = 2.0 ** -12       # PerChannelMinMaxObserver's eps: the smallest scale the quantizers produce
 ZETA, GAMMA = 1.1, -0.1      # rectified-sigmoid stretch (paper §4.1)
-
-
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel scale exactly as the PT2E weight observer computes it, shaped to broadcast on w."""
-    amax = w.abs().reshape(w.shape[0], -1).amax(1)
-    return torch.clamp(amax / QMAX, min=SCALE_EPS).view(-1, *([1] * (w.dim() - 1)))
-
-
-def nearest_int8(w: torch.Tensor) -> torch.Tensor:
-    s = weight_scale(w)
-    return torch.clamp(torch.round(w / s), -QMAX, QMAX) * s
 
 
 def _bn_factor(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -110,7 +97,7 @@ def _round_layer(w: torch.Tensor, gram: torch.Tensor, groups: int = 1, *, iters:
     fixed = torch.zeros_like(flat, dtype=torch.bool)
     fixed[torch.arange(w.shape[0]), flat.argmax(1)] = True
     fixed = fixed.view_as(w)
-    near = nearest_int8(w)
+    near = int8_weight(w)
     nearest_up = (torch.round(w / s) > base).float()
     with torch.no_grad():
         err_nearest = float(_quad(near - w, gram, groups, False))

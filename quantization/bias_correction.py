@@ -26,11 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+QMAX = 127                   # symmetric int8 weights on [-127, 127] (litert-torch, XNNPACK, our Core ML rules)
+SCALE_EPS = 2.0 ** -12       # PerChannelMinMaxObserver's eps: the smallest scale the quantizers produce
+
+
+def weight_scale(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel scale exactly as the PT2E weight observer computes it, shaped to broadcast on w."""
+    amax = w.abs().reshape(w.shape[0], -1).amax(1)
+    return torch.clamp(amax / QMAX, min=SCALE_EPS).view(-1, *([1] * (w.dim() - 1)))
+
+
 def int8_weight(w: torch.Tensor) -> torch.Tensor:
-    """What the PT2E quantizers do to a weight: symmetric per-output-channel int8 on [−127, 127]."""
-    dims = tuple(range(1, w.dim()))
-    scale = w.abs().amax(dim=dims, keepdim=True).clamp_min(1e-12) / 127.0
-    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+    """What the PT2E quantizers do to a weight: symmetric per-output-channel int8 (round to nearest)."""
+    s = weight_scale(w)
+    return torch.clamp(torch.round(w / s), -QMAX, QMAX) * s
 
 
 def _bn_after(path: str, modules: dict[str, nn.Module]) -> nn.BatchNorm2d | None:

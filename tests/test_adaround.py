@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lwdeploy.quantization.adaround import adaround, nearest_int8, round_layer, weight_scale
+from lwdeploy.quantization.adaround import adaround, round_layer
+from lwdeploy.quantization.bias_correction import int8_weight, weight_scale
 from lwdeploy.quantization.bias_correction import _folded_weight
 
 
@@ -47,7 +48,7 @@ def test_rounded_weights_on_grid_with_unchanged_scale():
         # every weight is floor or ceil of the float one: a rounding choice, not a new value
         step = q.round() - torch.floor(w0 / s)
         assert ((step == 0) | (step == 1)).all()
-        torch.testing.assert_close(nearest_int8(w), w, rtol=0, atol=1e-3 * float(s.min()))
+        torch.testing.assert_close(int8_weight(w), w, rtol=0, atol=1e-3 * float(s.min()))
 
 
 def test_learned_rounding_beats_nearest_on_calibration_outputs():
@@ -64,7 +65,7 @@ def test_learned_rounding_beats_nearest_on_calibration_outputs():
         w0 = dict(net.named_modules())[path].weight.detach()
         wl = dict(out.named_modules())[path].weight.detach()
         ref = _conv_out(net, path, w0, inp)
-        err_nearest = float((_conv_out(net, path, nearest_int8(w0), inp) - ref).pow(2).mean())
+        err_nearest = float((_conv_out(net, path, int8_weight(w0), inp) - ref).pow(2).mean())
         err_learned = float((_conv_out(net, path, wl, inp) - ref).pow(2).mean())
         assert err_learned <= err_nearest * (1 + 1e-6)
         improved += err_learned < 0.97 * err_nearest
