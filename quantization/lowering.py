@@ -20,6 +20,12 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   original to STABLEHLO_REDUCE_WINDOW, which XNNPACK does not run (ShuffleNet v1: 4.3 of 13 ms).
 * TFLite only: explicit `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a
   Sequential is folded into the convolution's padding when symmetric (one PAD op less).
+* TFLite and ExecuTorch: a depthwise convolution with more than 25 taps (MixNet's 7×7, 9×9, 11×11) becomes
+  a sum of depthwise convolutions of ≤ 25 taps each over shifted windows of the zero-padded input
+  (`TiledDepthwiseConv2d`). XNNPACK runs depthwise kernels of up to 25 taps with its DWConv microkernels and
+  anything larger as a generic IGEMM: in MixNet-S int8 the 14 large ones took 9.4 of 14.1 ms, against
+  ~0.03 ms for a 5×5 of the same shape (`lwdeploy profile`, 1 thread). A BatchNorm right after it in a
+  ConvBNAct is folded into the tiles first (the sum is no longer a conv that PT2E could fold it into).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
   input do not match TF "SAME" (which pads 0 before / 1 after), so litert-torch emits a PAD op before each.
   A kernel one tap larger, whose extra last tap is zero, with the same symmetric padding, covers exactly the
@@ -135,6 +141,107 @@ class ExcludePadAvgPool2d(nn.Module):
         return pool(x) / pool(ones)
 
 
+MAX_DW_TAPS = 25  # the largest depthwise kernel XNNPACK's DWConv microkernels take (taps = kh·kw)
+
+
+def dw_tiles(kh: int, kw: int, stride: tuple[int, int] = (1, 1), max_taps: int = MAX_DW_TAPS) -> tuple[int, int]:
+    """Tile shape (th, tw), th·tw ≤ max_taps, covering a kh×kw kernel with the fewest tiles (fewest ADDs).
+    Tiles start at multiples of the stride (so each is the same conv's output, shifted) unless one spans all."""
+    best = None
+    for th in range(1, min(kh, max_taps) + 1):
+        if th < kh and th % stride[0]:
+            continue
+        tw = min(kw, max_taps // th)
+        while tw < kw and tw % stride[1]:
+            tw -= 1
+        if tw < 1:
+            continue
+        n = math.ceil(kh / th) * math.ceil(kw / tw)
+        if best is None or n < best[0]:
+            best = (n, th, tw)
+    return best[1], best[2]
+
+
+class TiledDepthwiseConv2d(nn.Module):
+    """A depthwise Conv2d as a sum of depthwise convs of ≤ 25 taps (same function).
+
+    Tile (r0, c0) of the kernel, run with the original stride s and padding, gives at output position
+    (i + r0/s, j + c0/s) exactly that tile's share of the original output at (i, j); so each tile's output is
+    sliced by its offset and the slices are summed. No explicit PAD: the convolutions keep their own padding
+    (an explicit int8 PAD before them is what XNNPACK rejected in ExecuTorch, and cost TRANSPOSEs in TFLite).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        kh, kw = conv.kernel_size
+        th, tw = dw_tiles(kh, kw, conv.stride)
+        c = conv.in_channels
+        self.stride, self.padding, self.kernel_size = conv.stride, conv.padding, (kh, kw)
+        self.offsets: list[tuple[int, int]] = []
+        self.tiles = nn.ModuleList()
+        for r0 in range(0, kh, th):
+            for c0 in range(0, kw, tw):
+                w = conv.weight.detach()[:, :, r0:r0 + th, c0:c0 + tw]
+                first = not self.tiles
+                tile = nn.Conv2d(c, conv.out_channels, tuple(w.shape[2:]), conv.stride, conv.padding,
+                                 groups=conv.groups, bias=first and conv.bias is not None)
+                tile.weight = nn.Parameter(w.clone())
+                if tile.bias is not None:
+                    tile.bias = nn.Parameter(conv.bias.detach().clone())
+                self.tiles.append(tile)
+                self.offsets.append((r0 // conv.stride[0], c0 // conv.stride[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
+        oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+        out = None
+        for (i0, j0), tile in zip(self.offsets, self.tiles):
+            y = tile(x)
+            if (i0, j0, y.shape[2], y.shape[3]) != (0, 0, oh, ow):
+                y = y[:, :, i0:i0 + oh, j0:j0 + ow]
+            out = y if out is None else out + y
+        return out
+
+
+def _is_large_depthwise(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.groups == m.in_channels > 1 and m.out_channels == m.in_channels
+            and m.kernel_size[0] * m.kernel_size[1] > MAX_DW_TAPS and m.dilation == (1, 1)
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+
+
+def _fold_batchnorm(convs: list[tuple[nn.Conv2d, int]], bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode `bn` into the convs that produce its channels: (conv, first channel) pairs."""
+    scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)) / \
+        torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+    for conv, start in convs:
+        sl = slice(start, start + conv.out_channels)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        conv.weight = nn.Parameter(conv.weight.detach() * scale[sl].view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bias * scale[sl] + shift[sl])
+
+
+def _tile_large_depthwise(model: nn.Module) -> None:
+    from lwdeploy.models.mbconv import MixedDepthwise
+
+    for m in model.modules():  # BN first: ConvBNAct(conv or MixedDepthwise holding a large depthwise, bn, act)
+        if not (isinstance(m, layers.ConvBNAct) and type(m.bn) is nn.BatchNorm2d and m.bn.track_running_stats):
+            continue
+        if _is_large_depthwise(m.conv):
+            convs = [(m.conv, 0)]
+        elif isinstance(m.conv, MixedDepthwise) and any(_is_large_depthwise(c) for c in m.conv.convs):
+            starts = [sum(m.conv.splits[:i]) for i in range(len(m.conv.splits))]
+            convs = list(zip(m.conv.convs, starts))
+        else:
+            continue
+        _fold_batchnorm(convs, m.bn)
+        m.bn = nn.Identity()
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if _is_large_depthwise(child):
+                setattr(parent, name, TiledDepthwiseConv2d(child))
+
+
 def _is_same(size: int, k: int, s: int, p: int, out: int) -> bool:
     if out != math.ceil(size / s):
         return False
@@ -160,6 +267,7 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
         return out.train(was_training)
     _fold_se_gates(out)
     _replace_activations(out, int8)
+    _tile_large_depthwise(out)
     if target == "tflite":
         _fold_explicit_pads(out)
         if not int8:

@@ -13,8 +13,8 @@ from torch import nn
 import lwdeploy.models as zoo
 from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
-from lwdeploy.quantization.lowering import (ExcludePadAvgPool2d, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
-                                            TFSameConv2d, _is_same, lower)
+from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, QuantHardSigmoid, QuantHardSwish,
+                                            ScaledReLU6, TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
              "mobilenet_v2_100"]
@@ -161,6 +161,37 @@ def test_shufflenet_forms_the_delegates_take():
 
 
 @pytest.mark.heavy
+@pytest.mark.parametrize("k,s,size", [(k, s, n) for k, s, n in itertools.product((7, 9, 11), (1, 2), (7, 14, 15, 16))])
+def test_tiled_depthwise_equals_the_original(k, s, size):
+    torch.manual_seed(k * 100 + s * 10 + size)
+    conv = nn.Conv2d(6, 6, k, s, k // 2, groups=6, bias=True).double()
+    tiled = TiledDepthwiseConv2d(conv).double()
+    assert all(t.kernel_size[0] * t.kernel_size[1] <= MAX_DW_TAPS for t in tiled.tiles)
+    assert all(i0 * s < k and j0 * s < k for i0, j0 in tiled.offsets)
+    x = torch.randn(2, 6, size, size, dtype=torch.float64)
+    torch.testing.assert_close(tiled(x), conv(x), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_mixnet_large_depthwise_convs_are_tiled_with_their_batchnorm_folded(target):
+    torch.manual_seed(0)
+    model = zoo.create("mixnet_s").eval()
+    for m in model.modules():           # non-trivial BN statistics, or the fold would be an identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+    lowered = lower(model, target)
+    convs = [m for m in lowered.modules() if type(m) is nn.Conv2d and m.groups == m.in_channels > 1]
+    assert convs and max(c.kernel_size[0] * c.kernel_size[1] for c in convs) <= MAX_DW_TAPS
+    assert sum(isinstance(m, TiledDepthwiseConv2d) for m in lowered.modules()) == 14
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in lowered.modules()) < \
+        sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert _rel_err(lowered(x), model(x)) < 1e-5
+    assert lower(model, "coreml").state_dict().keys() == model.state_dict().keys()  # Core ML: untouched
+
+
 def test_int8_tflite_has_no_transpose_pad_or_float_island():
     """A hard-swish/SE/stride-2 net, quantized with litert-torch's PT2E quantizer: after lowering the .tflite
     has TRANSPOSEs only at the NCHW input/output and no QUANTIZE/DEQUANTIZE inside; before lowering it has both."""
