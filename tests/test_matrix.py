@@ -104,6 +104,19 @@ def test_scheduler_runs_largest_graphs_first_and_never_two_heavy_ones_at_once():
     assert next_model(["pnasnet_5_mobile"], {"ghostnet_100": None}, heavy) == "pnasnet_5_mobile"
 
 
+def test_expected_peak_comes_from_finished_workers_of_the_same_kind():
+    from lwdeploy.matrix import expected_peak_mb
+
+    heavy = {"nasnet_a_mobile", "pnasnet_5_mobile"}
+    assert expected_peak_mb("ghostnet_100", {}, heavy, 3000, 2) == 1500           # nothing finished: fair share
+    done = {"nasnet_a_mobile": [{"peak_pss_mb": 1548}, {"peak_pss_mb": 1548}]}
+    assert expected_peak_mb("ghostnet_100", done, heavy, 3000, 2) == 1548         # no light one yet: any kind
+    done["squeezenet_1_0"] = [{"peak_pss_mb": 712}]
+    done["dicenet_050"] = [{"peak_pss_mb": None, "peak_rss_mb": 900}]            # PSS not sampled: its RSS
+    assert expected_peak_mb("ghostnet_100", done, heavy, 3000, 2) == 900          # a light model: light peaks
+    assert expected_peak_mb("pnasnet_5_mobile", done, heavy, 3000, 2) == 1548     # a heavy one: heavy peaks
+
+
 def test_renderers_escape_errors():
     result = {"summary": {"ok": 0, "cells": 1, "success_rate": 0.0, "wall_s": 1.0, "cpu_count": 2,
                           "peak_rss_mb": 1, "targets": ["coreml"], "precisions": ["int8"]},

@@ -20,7 +20,8 @@ import click
               help="Models exported at once (each in its own process, converting its targets one by one).")
 @click.option("--max-memory", "memory_mb", default=3000, show_default=True, type=click.IntRange(min=1),
               help="MB: with --jobs > 1, start another model only while all processes (PSS) plus the largest "
-                   "model seen so far fit; graphs twice the median size (NAS cells) never convert two at once.")
+                   "peak seen for a model of its kind fit; graphs twice the median size (NAS cells) are one "
+                   "kind and never convert two at once.")
 def matrix(models, targets, precisions, out_dir, resolution, calib_samples, heldout_samples, timeout_s, jobs,
            memory_mb):
     """Export MODELS (default: one variant per zoo family) to every target × precision and verify each.
