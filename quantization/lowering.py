@@ -21,10 +21,10 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
 * TFLite only: explicit `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a
   Sequential is folded into the convolution's padding when symmetric (one PAD op less).
 * TFLite and ExecuTorch: a depthwise convolution with more than 25 taps (MixNet's 7×7, 9×9, 11×11) becomes
-  a sum of depthwise convolutions of ≤ 25 taps each over shifted windows of the zero-padded input
+  a sum of depthwise convolutions of ≤ 25 taps each, whose outputs are sliced by the tile's offset
   (`TiledDepthwiseConv2d`). XNNPACK runs depthwise kernels of up to 25 taps with its DWConv microkernels and
   anything larger as a generic IGEMM: in MixNet-S int8 the 14 large ones took 9.4 of 14.1 ms, against
-  ~0.03 ms for a 5×5 of the same shape (`lwdeploy profile`, 1 thread). A BatchNorm right after it in a
+  ~0.04 ms for a 5×5 of the same shape (`lwdeploy profile`, 1 thread). A BatchNorm right after it in a
   ConvBNAct is folded into the tiles first (the sum is no longer a conv that PT2E could fold it into).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
   input do not match TF "SAME" (which pads 0 before / 1 after), so litert-torch emits a PAD op before each.
