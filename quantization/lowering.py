@@ -210,15 +210,17 @@ def _is_large_depthwise(m: nn.Module) -> bool:
 
 
 def _fold_batchnorm(convs: list[tuple[nn.Conv2d, int]], bn: nn.BatchNorm2d) -> None:
-    """Fold eval-mode `bn` into the convs that produce its channels: (conv, first channel) pairs."""
-    scale = (bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)) / \
-        torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
+    """Fold eval-mode `bn` into the convs that produce its channels: (conv, first channel) pairs, each fused
+    with its slice of the BN by torch's own conv-BN fusion."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
     for conv, start in convs:
         sl = slice(start, start + conv.out_channels)
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-        conv.weight = nn.Parameter(conv.weight.detach() * scale[sl].view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter(bias * scale[sl] + shift[sl])
+        part = lambda t: None if t is None else t.detach()[sl]  # noqa: E731
+        with torch.no_grad():
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, part(bn.running_mean),
+                                                          part(bn.running_var), bn.eps, part(bn.weight),
+                                                          part(bn.bias))
 
 
 def _tile_large_depthwise(model: nn.Module) -> None:
