@@ -221,6 +221,7 @@ def _fold_batchnorm(convs: list[tuple[nn.Conv2d, int]], bn: nn.BatchNorm2d) -> N
             conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, part(bn.running_mean),
                                                           part(bn.running_var), bn.eps, part(bn.weight),
                                                           part(bn.bias))
+            conv.bias.requires_grad_(conv.weight.requires_grad)  # a new bias (the conv had none) is trainable too
 
 
 def _tile_large_depthwise(model: nn.Module) -> None:
