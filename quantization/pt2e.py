@@ -225,8 +225,10 @@ def quantize(
     # which re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). Folded into the convs, none remains.
     folded = batchnorm_through_cat(graph)
     # a BN reading a conv that other ops read too: prepare_pt2e would fold it into that conv for every reader;
-    # TFLite: also every BN after a non-conv (litert-torch leaves it a float island)
-    kept_apart = batchnorms_to_depthwise(graph, standalone=builder == "tflite")
+    # and every BN after a non-conv (a dense block's pre-activation BN after a cat): neither litert-torch's nor
+    # XNNPACK's quantizer annotates it, so it stayed float (TFLite: MUL/ADD islands; ExecuTorch: an F32 DWConv
+    # between two Converts, CondenseNet 72 of them). CoreMLQuantizer annotates BN itself.
+    kept_apart = batchnorms_to_depthwise(graph, standalone=builder != "coreml-native")
     from lwdeploy.quantization.fixed_ranges import FixedReLU6Ranges
     from lwdeploy.quantization.keep_float import wrap
 

@@ -45,17 +45,14 @@ from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQu
 from lwdeploy.quantization.fx_nodes import copy_meta as _copy_meta
 from lwdeploy.quantization.fx_nodes import finish_rewrite
 from lwdeploy.quantization.fx_nodes import node_val as _val
+from lwdeploy.quantization.shared_qparams import MOVES, share_qparams
 
 ANNOTATION = "quantization_annotation"
 aten = torch.ops.aten
 
 # ops whose output lies on their input's int8 grid (move, select, zero-pad, clamp at 0, max, mean): sharing is exact
-DATA_MOVEMENT = {
-    aten.slice.Tensor, aten.slice_copy.Tensor, aten.select.int, aten.narrow.default, aten.index_select.default,
-    aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
-    aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.unflatten.int,
-    aten.permute.default, aten.transpose.int, aten.clone.default, aten.contiguous.default,
-    aten.constant_pad_nd.default,
+DATA_MOVEMENT = MOVES | {
+    aten.index_select.default, aten.constant_pad_nd.default,
     # ReLU on its input's grid is exact (the grid holds 0). litert-torch annotates ReLU only fused into a conv;
     # a standalone one (NASNet's ReLU → separable conv after an add/concat) stayed float, and the PAD litert
     # emits for its stride-2 conv met the PAD of a max-pool on the same tensor with two scales. (Fallback only:
@@ -386,41 +383,8 @@ def share_subsample_qparams(gm: torch.fx.GraphModule) -> int:
     return shared
 
 
-def _zero_pad(node: torch.fx.Node) -> bool:
-    value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0.0)
-    return value == 0
-
-
 def share_data_movement_qparams(gm: torch.fx.GraphModule, input_spec=None) -> int:
-    """Each not-yet-annotated data-movement op whose input has an output qspec shares it (input edge and
-    output). With `input_spec`, one whose input is float (its producer not quantized) observes its input edge
-    with that spec and its output shares that edge: PT2E then gives every reader of the float tensor one
-    observer (implicit sharing of a producer's user edges), so the tensor is quantized once. Without it,
-    litert-torch propagated the readers' different scales backwards through the float PAD/MAX_POOL into one
-    tensor (NASNet: add → max-pool and → conv, "same scale constraint" on PAD). Returns how many ops were
-    annotated."""
-    shared = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in DATA_MOVEMENT:
-            continue
-        if node.target is aten.constant_pad_nd.default and not _zero_pad(node):
-            continue                     # a non-zero pad value may lie outside the input's range
-        ann = node.meta.get(ANNOTATION)
-        if ann is not None and ann._annotated:
-            continue
-        prev = node.args[0]
-        if not isinstance(prev, torch.fx.Node):
-            continue
-        pann = prev.meta.get(ANNOTATION)
-        if pann is not None and pann.output_qspec is not None:
-            spec = SharedQuantizationSpec(prev)
-            node.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={prev: spec}, output_qspec=spec,
-                                                           _annotated=True)
-        elif input_spec is not None and _val(prev) is not None and _val(prev).is_floating_point():
-            node.meta[ANNOTATION] = QuantizationAnnotation(input_qspec_map={prev: input_spec},
-                                                           output_qspec=SharedQuantizationSpec((prev, node)),
-                                                           _annotated=True)
-        else:
-            continue
-        shared += 1
-    return shared
+    """shared_qparams.share_qparams over DATA_MOVEMENT. `input_spec` matters here: without it, litert-torch
+    propagated the readers' different scales backwards through a float PAD/MAX_POOL into one tensor (NASNet:
+    add → max-pool and → conv, "same scale constraint" on PAD). Returns how many ops were annotated."""
+    return share_qparams(gm, DATA_MOVEMENT, input_spec)

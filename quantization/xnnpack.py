@@ -1,4 +1,5 @@
-"""ExecuTorch's XNNPACKQuantizer, minus the pattern annotators that cannot match the graph at hand.
+"""ExecuTorch's XNNPACKQuantizer, minus the pattern annotators that cannot match the graph at hand, plus
+int8 qparam sharing on every op that only moves values (shared_qparams.py).
 
 Its conv-transpose(+BN) annotators build their pattern graphs by torch.export-ing small models on every
 prepare_pt2e call, whether or not the graph holds a transposed convolution: ~1.6 of GhostNet's 4.5 CPU s in
@@ -9,6 +10,8 @@ annotation (tests/test_quantization.py compares against the stock quantizer).
 from __future__ import annotations
 
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+from lwdeploy.quantization.shared_qparams import share_qparams
 
 
 class GraphAwareXNNPACKQuantizer(XNNPACKQuantizer):
@@ -21,3 +24,10 @@ class GraphAwareXNNPACKQuantizer(XNNPACKQuantizer):
             return super()._annotate_all_patterns(model, quantization_config, filter_fn, operator_target)
         finally:
             del self.SUPPORTED_PATTERNS
+
+    def annotate(self, model):
+        model = super().annotate(model) or model
+        # after XNNPACK's own propagation: the moves its list lacks (unflatten of a channel shuffle) and the
+        # chains behind them run in int8 inside the delegate instead of float between Converts
+        share_qparams(model)
+        return model

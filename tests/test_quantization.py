@@ -276,3 +276,57 @@ def test_batchnorm_on_a_conv_with_other_readers_is_not_folded_into_it(target):
     qm, sqnr = _quantize_with_bn_statistics(_SharedConvBN(), target, var=(0.2, 0.5), weight=(1.5, 2.5))
     assert qm.scheme["batchnorms_as_depthwise"] == 1
     assert sqnr > 25  # folded into the stem, the BN also rescaled the concatenated copy: SQNR < 10 dB
+
+
+class _DenseBN(torch.nn.Module):
+    """CondenseNet's dense layer: the block input and a conv's output concatenated, then pre-activation BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, 1, 1)
+        self.conv = torch.nn.Conv2d(8, 8, 1)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.head = torch.nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.bn(torch.cat([y, self.conv(y)], 1))))
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_standalone_batchnorm_becomes_an_int8_depthwise_conv(target):
+    torch.manual_seed(0)
+    qm, sqnr = _quantize_with_bn_statistics(_DenseBN(), target, var=(0.5, 2), weight=(0.5, 1.5))
+    # neither vendor quantizer annotates a BN after a cat: left alone it ran float between two Converts
+    assert not any("batch_norm" in o for o in _ops(qm.module))
+    assert qm.scheme["batchnorms_as_depthwise"] == 1
+    assert sqnr > 25
+
+
+class _ShuffleSplit(torch.nn.Module):
+    """ShuffleNet v2's unit boundary: concat → channel shuffle (unflatten/transpose/flatten) → channel split."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+        self.head = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1).unflatten(1, (2, 4)).transpose(1, 2).flatten(1, 2)
+        return self.head(y[:, :4]) + y[:, 4:]
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_channel_shuffle_and_split_run_in_int8(target):
+    from lwdeploy.quantization.shared_qparams import MOVES
+
+    torch.manual_seed(0)
+    model = _ShuffleSplit().eval()
+    calib = [torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    qm = quantize(model, calib[0], target, calib, bias_correction=False)
+    moves = [n for n in qm.module.graph.nodes if n.op == "call_function" and n.target in MOVES]
+    assert len(moves) >= 4  # unflatten, transpose, flatten, two slices (export may merge none of them)
+    # every move reads int8 (a dequantize right before it): XNNPACK's own list lacks unflatten, so before
+    # shared_qparams the whole shuffle and both slices read float
+    assert all("dequantize" in str(n.args[0].target) for n in moves), \
+        [(str(n.target), str(n.args[0].target)) for n in moves if "dequantize" not in str(n.args[0].target)]
