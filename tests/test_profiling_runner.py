@@ -103,3 +103,13 @@ def test_executorch_without_etrecord_says_how_to_fix(tiny_pte, tmp_path, capsys)
     lone.write_bytes(path.read_bytes())
     assert main(["profile", str(lone), "--runs", "1"]) == 2
     assert "ETRecord" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_host_executorch_profile_runs_with_the_threads_it_reports(tiny_pte, tmp_path, threads):
+    # XNNPACK's threadpool defaults to every core: before the runner reset it, `--threads 1` reports ran on 2
+    path, _ = tiny_pte
+    out = tmp_path / f"tiny_{threads}.json"
+    assert main(["profile", str(path), "--runs", "2", "--warmup", "0", "--threads", str(threads),
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["threads"] == threads

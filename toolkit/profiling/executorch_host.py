@@ -83,7 +83,8 @@ def finish_report(report: dict, dump: Path, etrecord: Path) -> dict:
     return validate_report(report)
 
 
-def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, etrecord: str | Path | None = None) -> dict:
+def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, threads: int = 1,
+                            etrecord: str | Path | None = None) -> dict:
     etrecord = find_etrecord(artifact, etrecord)
     try:
         import executorch  # noqa: F401
@@ -96,11 +97,11 @@ def profile_executorch_host(artifact: Path, *, runs: int, warmup: int, etrecord:
     except LwdeployError:
         runner = None  # no compiler here: the Python runtime can still run it
     if runner is not None and "executorch" in runner_capabilities(runner):
-        return _profile_native(runner, artifact, etrecord, runs=runs, warmup=warmup)
-    return _profile_python(artifact, etrecord, runs=runs, warmup=warmup)
+        return _profile_native(runner, artifact, etrecord, runs=runs, warmup=warmup, threads=threads)
+    return _profile_python(artifact, etrecord, runs=runs, warmup=warmup, threads=threads)
 
 
-def _profile_native(runner: Path, artifact: Path, etrecord: Path, *, runs: int, warmup: int) -> dict:
+def _profile_native(runner: Path, artifact: Path, etrecord: Path, *, runs: int, warmup: int, threads: int) -> dict:
     import json
     import subprocess
 
@@ -109,7 +110,7 @@ def _profile_native(runner: Path, artifact: Path, etrecord: Path, *, runs: int, 
     with tempfile.TemporaryDirectory(prefix="lwdeploy-et-") as tmp:
         out, dump = Path(tmp) / "report.json", Path(tmp) / "run.etdp"
         cmd = [str(runner), "--runtime", "executorch", "--model", str(artifact.resolve()), "--etdump", str(dump),
-               "--out", str(out), "--runs", str(runs), "--warmup", str(warmup),
+               "--out", str(out), "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
                "--runtime-version", package_version("executorch"), "--artifact-name", str(artifact)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0 or not out.is_file():
@@ -119,10 +120,13 @@ def _profile_native(runner: Path, artifact: Path, etrecord: Path, *, runs: int, 
         return finish_report(json.loads(out.read_text()), dump, etrecord)
 
 
-def _profile_python(artifact: Path, etrecord: Path, *, runs: int, warmup: int) -> dict:
+def _profile_python(artifact: Path, etrecord: Path, *, runs: int, warmup: int, threads: int) -> dict:
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
     from .profile import package_version
+
+    _unsafe_reset_threadpool(threads)  # XNNPACK's pool defaults to every core
 
     program = Runtime.get().load_program(artifact, enable_etdump=True)
     method = program.load_method("forward")
@@ -147,7 +151,7 @@ def _profile_python(artifact: Path, etrecord: Path, *, runs: int, warmup: int) -
         "kind": "measured",
         "device": _host_device(version),
         "artifact": {"path": str(artifact), "sha256": _sha256(artifact)},
-        "threads": 1,
+        "threads": threads,
         "delegate": "xnnpack" if any("Xnnpack" in (l["compute_unit"]) for l in out_layers) else "portable",
         "warmup_runs": warmup,
         "runs": runs,

@@ -87,7 +87,7 @@ def profile_artifact(artifact: str | Path, *, device: str = "host", runs: int = 
             return profile_litert_host(artifact, runs=runs, warmup=warmup, threads=threads)
         from .executorch_host import profile_executorch_host
 
-        return profile_executorch_host(artifact, runs=runs, warmup=warmup, etrecord=etrecord)
+        return profile_executorch_host(artifact, runs=runs, warmup=warmup, threads=threads, etrecord=etrecord)
     from .adb import AdbProfiler
 
     return AdbProfiler(serial=device).profile(artifact, runs=runs, warmup=warmup, threads=threads, etrecord=etrecord)

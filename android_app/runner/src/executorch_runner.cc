@@ -12,6 +12,17 @@
 #include <executorch/devtools/etdump/etdump_flatcc.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+
+// The wheel ships libexecutorch_threadpool.so but not threadpool.h: declare the two members used here (same
+// mangled names as the library's exports). Without the reset, XNNPACK used every core while the report said 1.
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
 #endif
 
 namespace lwrunner {
@@ -25,6 +36,9 @@ bool ProfileExecuTorch(const ExecuTorchArgs& args, Report* report, std::string* 
   using executorch::runtime::Error;
   using executorch::runtime::EValue;
 
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  if (pool == nullptr || !pool->_unsafe_reset_threadpool(static_cast<uint32_t>(args.threads)))
+    return *error = "cannot set the ExecuTorch threadpool to " + std::to_string(args.threads) + " threads", false;
   auto tracer = std::make_unique<executorch::etdump::ETDumpGen>();
   executorch::etdump::ETDumpGen* etdump = tracer.get();
   Module module(args.model_path, Module::LoadMode::File, std::move(tracer));
@@ -62,7 +76,7 @@ bool ProfileExecuTorch(const ExecuTorchArgs& args, Report* report, std::string* 
 
   report->runtime = "executorch";
   report->delegate = "xnnpack";
-  report->threads = 1;
+  report->threads = static_cast<int>(pool->get_thread_count());
   report->warmup = args.warmup;
   report->runs = args.runs;
   report->total_samples_ms = totals;

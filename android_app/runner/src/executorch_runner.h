@@ -11,6 +11,7 @@ struct ExecuTorchArgs {
   std::string etdump_path;  // where the ETDump (per-kernel events of every run) is written
   int warmup = 5;
   int runs = 30;
+  int threads = 1;          // XNNPACK's threadpool size (its default is every core)
 };
 
 // True when this binary was built against the ExecuTorch runtime (see CMakeLists.txt).

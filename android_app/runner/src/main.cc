@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
     lwrunner::LiteRtArgs args{opt["model"], opt["lib"], threads, warmup, runs};
     ok = lwrunner::ProfileLiteRt(args, &report, &error);
   } else {
-    lwrunner::ExecuTorchArgs args{opt["model"], opt["etdump"], warmup, runs};
+    lwrunner::ExecuTorchArgs args{opt["model"], opt["etdump"], warmup, runs, threads};
     ok = lwrunner::ProfileExecuTorch(args, &report, &error);
   }
   if (!ok) {
