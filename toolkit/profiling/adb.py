@@ -145,7 +145,7 @@ class AdbProfiler:
                                      artifact_name=str(artifact))
             else:
                 cmd = [r_runner, "--runtime", "executorch", "--model", r_model, "--etdump", r_dump, "--out", r_out,
-                       "--runs", str(runs), "--warmup", str(warmup),
+                       "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads),
                        "--runtime-version", package_version("executorch"), "--artifact-name", str(artifact)]
             line = f"cd {shlex.quote(remote)} && LD_LIBRARY_PATH={shlex.quote(remote)} " + shlex.join(cmd)
             try:
