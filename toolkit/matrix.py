@@ -43,10 +43,12 @@ def _worker(model: str, targets: list[str], precisions: list[str], out_dir: str,
     from lwdeploy.pipeline import export
 
     rows = []
+    session: dict = {}  # the float model, crops and reference logits: built once for both precisions
     for precision in precisions:
         t0 = time.perf_counter()
         try:
-            manifests = export(model, targets, out_dir=out_dir, int8=precision == "int8", keep_going=True, **options)
+            manifests = export(model, targets, out_dir=out_dir, int8=precision == "int8", keep_going=True,
+                               session=session, **options)
         except Exception as e:  # the model itself failed to build / calibrate: every cell of this precision fails
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             manifests = [{"artifact": {"target": t}, "error": f"{type(e).__name__}: {msg[:500]}"} for t in targets]

@@ -188,22 +188,34 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
            calib: str | Path | None = None, calib_samples: int = 64, heldout_samples: int = 64,
            prune: float | None = None, seed: int = 0, options: dict | None = None,
            progress: Progress | None = None, keep_going: bool = False, jobs: int | None = None,
-           finetune_epochs: int = 0, dataset: str | None = None, finetune_samples: int | None = None) -> list[dict]:
+           finetune_epochs: int = 0, dataset: str | None = None, finetune_samples: int | None = None,
+           session: dict | None = None) -> list[dict]:
     """Export `model` to each target and verify it; returns one manifest dict per artifact.
 
     With keep_going, a target that fails yields {"artifact": {...}, "error": "..."} instead of raising, so
     one unsupported operator does not stop the other targets (the matrix relies on this).
+    `session`: a dict kept by a caller that exports the same model again (the matrix: fp32, then int8). The
+    float model with its settled BatchNorms, the crops, the float reference logits and the model facts are
+    computed once and reused while model, size, weights, images and seed are the same (not with --prune:
+    pruning and recovery run per call). Converters never modify the float model (they lower copies).
     """
     say = progress or (lambda msg: None)
     plan = check_plan(ExportPlan(model, list(targets), Path(out_dir), int8, resolution, width, num_classes,
                                  Path(weights) if weights else None, pretrained, (calib if str(calib) == "fashion-mnist" else Path(calib)) if calib else None,
                                  calib_samples, heldout_samples, prune, seed, dict(options or {}), jobs))
-    from lwdeploy.converters import TARGETS, get_converter
     from lwdeploy.converters.timing import StageTimer
     from lwdeploy.models.complexity import count_macs, count_params
     from lwdeploy.quantization import calibration
 
     shared = StageTimer()  # stages done once for all targets (in this process)
+    key = (plan.model, plan.resolution, plan.width, plan.num_classes, str(plan.weights), plan.pretrained,
+           str(plan.calib), plan.calib_samples, plan.heldout_samples, plan.seed)
+    reuse = session is not None and not plan.prune and session.get("key") == key
+    if reuse:
+        say(f"reusing {plan.model}'s float model, crops and reference from the previous export")
+        net, info, images, reference, model_meta = (session[k] for k in
+                                                     ("net", "info", "images", "reference", "model_meta"))
+        return _export_prepared(plan, net, info, images, reference, model_meta, shared, say, keep_going, session)
     say(f"building {plan.model}")
     with shared("build_model"):
         net, info = build_model(plan)
@@ -231,14 +243,6 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     elif finetune_epochs:
         raise LwdeployError("--finetune-epochs recovers a model after --prune", "add --prune R, or use "
                             "`lwdeploy finetune` to train an unpruned model")
-    reference = None
-
-    def reference_forward():  # float logits for the fidelity check; overlaps the workers' start-up
-        nonlocal reference
-        with torch.no_grad(), shared("reference_forward"):
-            # in chunks: one batch of 64 held-out crops kept ~600 MB of activations alive (MobileNetV2, 224²)
-            reference = torch.cat([net(chunk) for chunk in images.heldout.split(REFERENCE_CHUNK)])
-
     with torch.no_grad():
         n_classes = int(net(example).shape[-1])
     model_meta = {"name": info.name, "family": info.family, "spec": plan.model, "resolution": res,
@@ -249,6 +253,29 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
                                                                     if random_weights else "as built by the user's code"),
                   "pruned": plan.prune or getattr(net, "lwdeploy_pruning", {}).get("ratio"), "paper": info.paper,
                   "recovery": getattr(net, "lwdeploy_pruning", {}).get("recovery")}
+    if session is not None and not plan.prune:
+        session.clear()
+        session.update(key=key, net=net, info=info, images=images, reference=None, model_meta=model_meta)
+    return _export_prepared(plan, net, info, images, None, model_meta, shared, say, keep_going, session)
+
+
+def _export_prepared(plan, net, info, images, reference, model_meta, shared, say, keep_going, session):
+    """Stages 3–6 for every target, from the float model, crops and (optional, cached) reference logits."""
+    from lwdeploy.converters import TARGETS, get_converter
+
+    res = model_meta["resolution"]
+    example = images.heldout[:1].clone()
+
+    def reference_forward():  # float logits for the fidelity check; overlaps the workers' start-up
+        nonlocal reference
+        if reference is not None:
+            return
+        with torch.no_grad(), shared("reference_forward"):
+            # in chunks: one batch of 64 held-out crops kept ~600 MB of activations alive (MobileNetV2, 224²)
+            reference = torch.cat([net(chunk) for chunk in images.heldout.split(REFERENCE_CHUNK)])
+        if session is not None and session.get("net") is net:
+            session["reference"] = reference
+
     # a checkpoint MODEL names its artifacts after the file (mnv2_p0.3.pt → mnv2_p0.3_int8.tflite)
     base = Path(plan.model).stem if Path(plan.model).suffix in (".pt", ".pth") else info.name
     stem = artifact_stem(base, plan, res, info.resolution)
