@@ -67,6 +67,26 @@ def _folded_weight(layer: nn.Module, bn: nn.BatchNorm2d | None) -> torch.Tensor:
     return w * s.view(-1, *([1] * (w.dim() - 1)))
 
 
+def conv_mean_shift(x: torch.Tensor, layer: nn.Conv2d, dw: torch.Tensor) -> torch.Tensor:
+    """(N, out_channels): the spatial mean of conv(x, dw) with `layer`'s geometry, zero padding included.
+
+    The mean is linear in the input each kernel tap reads: mean_p conv(x, ΔW)[o, p] = Σ_{c,tap} ΔW[o, c, tap] ·
+    mean_p x_pad[c, p·stride + tap·dilation]. So it takes k² strided sums of the input and one small einsum
+    instead of a second convolution with every layer's full weight: the hooks had doubled the calibration
+    forward (MobileNetV2, 64 crops: 4.8 CPU s against a 2.9-s forward)."""
+    if isinstance(layer.padding, str):  # "same"/"valid": let torch work out the padding
+        return F.conv2d(x, dw, None, layer.stride, layer.padding, layer.dilation, layer.groups).mean(dim=(2, 3))
+    (kh, kw), (sh, sw), (dh, dwl), (ph, pw) = layer.kernel_size, layer.stride, layer.dilation, layer.padding
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dwl * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    taps = torch.stack([xp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dwl: j * dwl + sw * (wo - 1) + 1: sw]
+                        .sum(dim=(2, 3)) for i in range(kh) for j in range(kw)], -1) / (ho * wo)
+    g = layer.groups
+    return torch.einsum("ngct,goct->ngo", taps.reshape(n, g, c // g, kh * kw),
+                        dw.reshape(g, dw.shape[0] // g, c // g, kh * kw)).reshape(n, dw.shape[0])
+
+
 @torch.no_grad()
 def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[str] = (),
                    batch: int = 16, reference: nn.Module | None = None) -> tuple[nn.Module, int]:
@@ -104,9 +124,7 @@ def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Ite
         def fn(_mod, inputs, _output):
             x = inputs[0]
             if isinstance(layer, nn.Conv2d):
-                # the shift in the (BN-folded) conv output, zero padding included
-                d = F.conv2d(x, dw, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-                d = d.mean(dim=(2, 3))
+                d = conv_mean_shift(x, layer, dw)
             else:
                 d = F.linear(x, dw).reshape(-1, dw.shape[0])
             sums[path] = sums.get(path, 0) + d.sum(0)

@@ -330,3 +330,16 @@ def test_channel_shuffle_and_split_run_in_int8(target):
     # shared_qparams the whole shuffle and both slices read float
     assert all("dequantize" in str(n.args[0].target) for n in moves), \
         [(str(n.target), str(n.args[0].target)) for n in moves if "dequantize" not in str(n.args[0].target)]
+
+
+@pytest.mark.parametrize("k, stride, dilation, padding, groups", [
+    (1, 1, 1, 0, 1), (1, 2, 1, 0, 4), (3, 1, 1, 1, 1), (3, 2, 1, 1, 8), (5, 2, 2, 4, 8), (3, 1, 1, "same", 1)])
+def test_conv_mean_shift_equals_the_mean_of_the_convolution(k, stride, dilation, padding, groups):
+    from lwdeploy.quantization.bias_correction import conv_mean_shift
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, k, stride, padding, dilation, groups=groups).double()
+    x = torch.randn(3, 8, 11, 9, dtype=torch.float64)
+    dw = torch.randn_like(conv.weight)
+    ref = torch.nn.functional.conv2d(x, dw, None, conv.stride, conv.padding, conv.dilation, groups).mean((2, 3))
+    assert torch.allclose(conv_mean_shift(x, conv, dw), ref, atol=1e-12)
