@@ -33,13 +33,14 @@ def _zero_pad(node: torch.fx.Node) -> bool:
     return value == 0
 
 
-def share_qparams(gm: torch.fx.GraphModule, ops=MOVES, input_spec=None) -> int:
+def share_qparams(gm: torch.fx.GraphModule, ops=MOVES, input_spec=None, max_rank: int | None = None) -> int:
     """Each not-yet-annotated op in `ops` whose input has an output qspec shares it (input edge and output),
     in graph order, so chains (unflatten → transpose → flatten → slice) share one range. With `input_spec`,
     one whose input is float (its producer not quantized) observes its input edge with that spec and its
     output shares that edge: PT2E then gives every reader of the float tensor one observer (implicit sharing
     of a producer's user edges), so the tensor is quantized once. A constant pad is shared only when it pads
-    with zero (the observers always include 0, so zero is exact). Returns how many ops were annotated."""
+    with zero (the observers always include 0, so zero is exact). `max_rank`: ops with a tensor of higher rank
+    stay float. Returns how many ops were annotated."""
     shared = 0
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in ops:
@@ -51,6 +52,8 @@ def share_qparams(gm: torch.fx.GraphModule, ops=MOVES, input_spec=None) -> int:
             continue
         prev = node.args[0]
         if not isinstance(prev, torch.fx.Node):
+            continue
+        if max_rank is not None and any(v is not None and v.dim() > max_rank for v in (node_val(prev), node_val(node))):
             continue
         pann = prev.meta.get(ANNOTATION)
         if pann is not None and pann.output_qspec is not None:

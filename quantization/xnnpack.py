@@ -28,6 +28,7 @@ class GraphAwareXNNPACKQuantizer(XNNPACKQuantizer):
     def annotate(self, model):
         model = super().annotate(model) or model
         # after XNNPACK's own propagation: the moves its list lacks (unflatten of a channel shuffle) and the
-        # chains behind them run in int8 inside the delegate instead of float between Converts
-        share_qparams(model)
+        # chains behind them run in int8 inside the delegate instead of float between Converts. Not above rank
+        # 5: this int8 program is Core ML's too, and its quantize op refuses rank 6 (MobileViT's patch unfold)
+        share_qparams(model, max_rank=5)
         return model
