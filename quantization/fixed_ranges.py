@@ -7,6 +7,11 @@ on EfficientNet-Lite0 (real weights): 23 dB SQNR right after the stem, 3.8 dB at
 agreement. `FixedReLU6Ranges` moves the quantization point after the clamp, with the exact range the
 function has: scale 6/255, zero point −128 — the conv+clamp is then one int8 op in TFLite (fused RELU6)
 and XNNPACK (fused output clamp).
+
+A hard-sigmoid is that clamp times a constant: relu6(x + 3)·⅙ (lowering.py's hard-sigmoid, hard-swish and SE
+gates). Its output range is fixed too, [0, 1]: the MUL by c > 0 gets scale 6c/255 and the clamp's zero
+point, so every int8 value of the clamp maps to exactly one output value (an identity requantization, no
+rounding), instead of a histogram observer's estimate of [0, 1] from the calibration images.
 """
 
 from __future__ import annotations
@@ -37,12 +42,35 @@ def _is_relu6(node: torch.fx.Node) -> bool:
     return lo == 0.0 and hi == 6.0
 
 
+def scaled_spec(c: float) -> FixedQParamsQuantizationSpec:
+    """The fixed range of relu6(·)·c: [0, 6c] on the clamp's int8 grid scaled by c."""
+    return FixedQParamsQuantizationSpec(dtype=torch.int8, scale=6.0 * c / 255.0, zero_point=-128, quant_min=-128,
+                                        quant_max=127, qscheme=torch.per_tensor_affine)
+
+
+def _positive_constant(model: torch.fx.GraphModule, node) -> float | None:
+    """The value of a scalar or uniform constant tensor argument (get_attr), if it is one and > 0."""
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        value = float(node)
+    elif isinstance(node, torch.fx.Node) and node.op == "get_attr":
+        t = model
+        for part in node.target.split("."):  # buffers of submodules: "blocks.0.act.sixth"
+            t = getattr(t, part, None)
+        if not isinstance(t, torch.Tensor) or t.numel() == 0 or not bool((t == t.reshape(-1)[0]).all()):
+            return None
+        value = float(t.reshape(-1)[0])
+    else:
+        return None
+    return value if value > 0 else None
+
+
 class FixedReLU6Ranges(Quantizer):
     def __init__(self, quantizer: Quantizer):
         super().__init__()
         self.quantizer = quantizer
         self.fixed = 0
         self.fixed_readers = 0
+        self.fixed_hardsigmoids = 0
 
     def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return self.quantizer.transform_for_annotation(model)
@@ -85,11 +113,43 @@ class FixedReLU6Ranges(Quantizer):
                     ann.input_qspec_map[key] = RELU6_SPEC
             if isinstance(ann.output_qspec, SharedQuantizationSpec) and _points_to_moved(ann.output_qspec):
                 ann.output_qspec = RELU6_SPEC
+        self.fixed_hardsigmoids = _fix_scaled_clamps(model)
         self.fixed_readers = _fixed_range_reaches_readers(model)
         return model
 
     def validate(self, model: torch.fx.GraphModule) -> None:
         self.quantizer.validate(model)
+
+
+_MULS = {torch.ops.aten.mul.Tensor, torch.ops.aten.mul.Scalar}
+
+
+def _fix_scaled_clamps(model: torch.fx.GraphModule) -> int:
+    """relu6 (on the fixed [0, 6] range) × constant c > 0 → output on the fixed range [0, 6c] (hard-sigmoid:
+    c = ⅙, [0, 1]); its readers take that range on their input edge. Returns how many MULs were fixed."""
+    fixed = 0
+    for mul in model.graph.nodes:
+        if mul.op != "call_function" or mul.target not in _MULS or len(mul.args) != 2:
+            continue
+        ann = mul.meta.get(ANNOTATION)
+        if ann is None or ann.output_qspec is None:
+            continue                          # not quantized (kept float)
+        for clamp, other in (mul.args, mul.args[::-1]):
+            cann = clamp.meta.get(ANNOTATION) if isinstance(clamp, torch.fx.Node) else None
+            c = _positive_constant(model, other)
+            if cann is None or cann.output_qspec is not RELU6_SPEC or c is None:
+                continue
+            spec = scaled_spec(c)
+            ann.output_qspec = spec
+            if clamp in ann.input_qspec_map:
+                ann.input_qspec_map[clamp] = RELU6_SPEC
+            for user in mul.users:
+                uann = user.meta.get(ANNOTATION)
+                if uann is not None and mul in uann.input_qspec_map:
+                    uann.input_qspec_map[mul] = spec
+            fixed += 1
+            break
+    return fixed
 
 
 def _resolve(spec, seen=None):

@@ -233,7 +233,8 @@ def quantize(
     from lwdeploy.quantization.keep_float import wrap
 
     # conv/add → ReLU6 quantized on [0, 6] after the clamp, not over the conv's own range (fixed_ranges.py)
-    annotating = wrap(FixedReLU6Ranges(quantizer_obj), keep_float, model)
+    fixed_ranges = FixedReLU6Ranges(quantizer_obj)
+    annotating = wrap(fixed_ranges, keep_float, model)
     with step("quantize.prepare_pt2e"):
         prepared = prepare_pt2e(graph, annotating)
     n_images = 0
@@ -262,6 +263,8 @@ def quantize(
         "calibration_images": n_images,
         "keep_float": list(keep_float or []),
         "relu6_fixed_range": "conv/linear/add → ReLU6 outputs quantized on [0, 6] (scale 6/255, zero point -128)",
+        "hardsigmoid_fixed_range": "relu6(·)·c outputs on [0, 6c] (hard-sigmoid: [0, 1], scale 1/255, zero point "
+                                   f"-128): {fixed_ranges.fixed_hardsigmoids} MULs",
         "seconds": round(time.perf_counter() - t0, 2),
     }
     scheme["bias_correction"] = (f"{corrected} layers: bias -= E[(Q(W) - W)·x] on the calibration images"

@@ -343,3 +343,53 @@ def test_conv_mean_shift_equals_the_mean_of_the_convolution(k, stride, dilation,
     dw = torch.randn_like(conv.weight)
     ref = torch.nn.functional.conv2d(x, dw, None, conv.stride, conv.padding, conv.dilation, groups).mean((2, 3))
     assert torch.allclose(conv_mean_shift(x, conv, dw), ref, atol=1e-12)
+
+
+class _HardSwishNet(torch.nn.Module):
+    """conv → hard-swish in lowering.py's int8 form x·(relu6(x + 3)·⅙) → conv."""
+
+    def __init__(self):
+        from lwdeploy.quantization.lowering import QuantHardSwish
+
+        super().__init__()
+        self.a, self.act, self.b = torch.nn.Conv2d(3, 8, 3, 1, 1), QuantHardSwish(), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_hard_sigmoid_output_is_quantized_on_its_fixed_range(target):
+    torch.manual_seed(0)
+    model = _HardSwishNet().eval()
+    calib = [3 * torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    qm = quantize(model, calib[0], target, calib, bias_correction=False)
+    assert qm.scheme["hardsigmoid_fixed_range"].endswith(": 1 MULs")
+    # the ⅙ MUL's output: exactly [0, 1] on the clamp's grid (scale 1/255, zero point -128), not an estimate
+    muls = [n for n in qm.module.graph.nodes if n.op == "call_function" and "mul" in str(n.target)]
+    scales = {(round(float(u.args[1]) * 255, 6), int(u.args[2])) for m in muls for u in m.users
+              if "quantize_per_tensor" in str(u.target) and "dequantize" not in str(u.target)}
+    assert (1.0, -128) in scales, scales
+    x = 3 * torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert _sqnr(torch.cat([qm.module(xi[None]) for xi in x]), model(x)) > 25
+
+
+def test_moves_above_rank_5_stay_float_for_executorch_and_core_ml():
+    from lwdeploy.quantization.shared_qparams import MOVES
+
+    class Unfold(torch.nn.Module):  # MobileViT's patch unfold: a rank-6 view between two convs
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x).unflatten(2, (2, 2)).unflatten(4, (2, 2)).transpose(3, 4)
+            return self.b(y.flatten(4, 5).flatten(2, 3))
+
+    calib = [torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    qm = quantize(Unfold().eval(), calib[0], "executorch", calib, bias_correction=False)
+    rank6 = [n for n in qm.module.graph.nodes if n.op == "call_function" and n.target in MOVES
+             and n.meta["val"].dim() > 5]
+    # Core ML shares this program and its quantize op takes rank <= 5 (the matrix's MobileViT int8 cell failed)
+    assert rank6 and not any("quantize" in str(u.target) for n in rank6 for u in n.users)
