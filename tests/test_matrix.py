@@ -25,6 +25,10 @@ def test_matrix_runs_and_records_failures(tmp_path):
                         {"resolution": 48, "calib_samples": 4, "heldout_samples": 4}, timeout_s=600, jobs=2)
     assert [r["model"] for r in result["rows"]] == ["mobilenet_v3_small_100", "dicenet_050"]
     assert result["summary"]["jobs"] == 2
+    # each worker's torch ops get its share of the cores, not all of them (two workers fought over them)
+    import os
+
+    assert {r["torch_threads"] for r in result["rows"]} == {max(1, (os.cpu_count() or 1) // 2)}
     rows = {r["model"]: r for r in result["rows"]}
     ok = rows["mobilenet_v3_small_100"]
     assert ok["ok"] and ok["size_mb"] > 0 and ok["latency_ms"] > 0 and ok["top1_agreement"] == 1.0

@@ -60,6 +60,7 @@ def _worker(model: str, targets: list[str], precisions: list[str], out_dir: str,
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # its conversion processes: see TreeMemory
     for r in rows:
         r["peak_rss_mb"] = round(peak_mb)
+        r["torch_threads"] = torch.get_num_threads()
     Path(result_file).write_text(json.dumps(rows))
 
 
@@ -120,6 +121,10 @@ def run_matrix(models: Sequence[str] | None, targets: Sequence[str], precisions:
     options = dict(options or {})
     if jobs > 1:
         options.setdefault("jobs", 1)
+        # torch threads per worker: its cores' share. Two workers × 2 threads on 2 cores made each torch op
+        # (calibration, reference and bias-correction forwards) fight the other worker: a 2-model matrix at
+        # --jobs 2 took 139 s with 2 threads, 127 s with 1 (same artifacts; runtime threads are unchanged)
+        options.setdefault("threads", max(1, (os.cpu_count() or 1) // jobs))
     ctx = worker_context()
     done: dict[str, list[dict]] = {}
     running: dict[str, tuple] = {}
