@@ -19,6 +19,10 @@ from lwdeploy.errors import LwdeployError
 from .complexity import count_params
 from .registry import ModelInfo, get_entry
 
+# user model files imported so far, module name → path: a spawned worker process re-imports them before it
+# unpickles a model whose classes live there (`import_user_modules`)
+_USER_MODULES: dict[str, str] = {}
+
 
 def load_model(spec: str, *, num_classes: int | None = None, width: float | None = None,
                weights: str | Path | None = None, pretrained: bool = False,
@@ -136,11 +140,8 @@ def _from_file(spec: str, num_classes, width, resolution) -> tuple[nn.Module, Mo
     if not path.is_file():
         raise LwdeployError(f"model file {file!r} does not exist", "use path/to/file.py:ClassOrFactory")
     mod_name = f"lwdeploy_user_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
     try:
-        module_spec.loader.exec_module(module)
+        module = _import_file(mod_name, path)
     except Exception as e:
         raise LwdeployError(f"importing {file} failed: {type(e).__name__}: {e}", "fix the file so it imports") from None
     if not hasattr(module, attr):
@@ -170,6 +171,32 @@ def _from_file(spec: str, num_classes, width, resolution) -> tuple[nn.Module, Mo
                             "point at an nn.Module class or a function returning one")
     n_out = num_classes or _guess_classes(model)
     return model, _custom_info(attr, "custom", model, resolution, n_out)
+
+
+def _import_file(mod_name: str, path: Path):
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    _USER_MODULES[mod_name] = str(path.resolve())
+    return module
+
+
+def user_modules() -> dict[str, str]:
+    """The user model files this process imported (module name → path), for `import_user_modules`."""
+    return dict(_USER_MODULES)
+
+
+def import_user_modules(modules: dict[str, str]) -> None:
+    """Process-pool initializer: import the parent's user model files under the same module names, so models
+    built from them unpickle in a spawned process."""
+    for mod_name, path in modules.items():
+        if mod_name not in sys.modules:
+            _import_file(mod_name, Path(path))
 
 
 def _from_hub_library(spec: str, num_classes, pretrained, resolution) -> tuple[nn.Module, ModelInfo]:

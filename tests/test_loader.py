@@ -59,3 +59,22 @@ def test_zoo_width_and_classes():
 def test_unknown_zoo_name_suggests():
     with pytest.raises(LwdeployError, match="mobilenet_v3_small_100"):
         load_model("mobilenet_v3_smal")
+
+
+def _parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_user_model_unpickles_in_a_spawned_worker(user_file):
+    """export converts targets in spawned processes: a model whose class lives in the user's file must
+    unpickle there (it crashed the pool before the initializer re-imported the file)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lwdeploy.models.loader import import_user_modules, user_modules
+
+    model, _ = load_model(f"{user_file}:TinyNet", num_classes=3)
+    assert any(path.endswith("user_net.py") for path in user_modules().values())
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=import_user_modules,
+                             initargs=(user_modules(),)) as pool:
+        assert pool.submit(_parameter_count, model).result() == _parameter_count(model)

@@ -484,13 +484,17 @@ def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, w
     import io
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     say(f"converting for {', '.join(plan.targets)}: {' | '.join(' + '.join(g) for g in groups)} "
         f"({jobs} processes)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the other core(s)
     try:
-        with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=mp.get_context("spawn")) as pool:
+        from lwdeploy.models.loader import import_user_modules, user_modules
+
+        with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=mp.get_context("spawn"),
+                                 initializer=import_user_modules, initargs=(user_modules(),)) as pool:
             futures = [(g, pool.submit(_convert_worker, g, net, info, example, images, out_paths, plan))
                        for g in groups[1:]]
             mine, shared = groups[0], None
@@ -523,7 +527,11 @@ def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, w
             for group, fut in futures:
                 try:
                     out.update(fut.result())
-                except Exception as e:  # the worker itself died
+                except BrokenProcessPool:  # the worker itself died (killed, out of memory, a crash in C++)
+                    err = LwdeployError(f"the converter process for {', '.join(group)} died before it finished",
+                                        "rerun with --jobs 1 to convert in this process and see why")
+                    out.update({t: err for t in group})
+                except Exception as e:
                     out.update({t: e for t in group})
     finally:
         torch.set_num_threads(threads)
