@@ -74,11 +74,13 @@ class DYShiftMax(nn.Module):
         y = (self.fc(self.pool(x).flatten(1)) - 0.5) * 4.0        # act_max 2.0, doubled (authors' code)
         y = y[:, :, None, None]
         x2 = torch.index_select(x, 1, self.index)
+        # slices, not torch.split: ExecuTorch's XNNPACK partitioner leaves split_with_sizes_copy outside
+        c = self.ch
         if self.k == 4:
-            a1, b1, a2, b2 = torch.split(y, self.ch, dim=1)
+            a1, b1, a2, b2 = y[:, :c], y[:, c:2 * c], y[:, 2 * c:3 * c], y[:, 3 * c:]
             return torch.maximum(x * (a1 + self.init_a[0]) + x2 * (b1 + self.init_b[0]),
                                  x * (a2 + self.init_a[1]) + x2 * (b2 + self.init_b[1]))
-        a1, b1 = torch.split(y, self.ch, dim=1)
+        a1, b1 = y[:, :c], y[:, c:]
         return x * (a1 + self.init_a[0]) + x2 * (b1 + self.init_b[0])
 
 
