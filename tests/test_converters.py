@@ -474,3 +474,19 @@ def test_tflite_verify_refuses_int8_add_that_would_abort_the_interpreter(tmp_pat
     assert len(found) == 1 and found[0]["type"] == "ADD" and found[0]["ratio"] > 1
     with pytest.raises(RuntimeError, match="int8 ADD .* would abort"):
         TFLiteConverter().verify(bad, x[:2], net(x[:2]).detach())
+
+
+def test_tflite_size_breakdown_accounts_for_every_byte(net, data, tmp_dir):
+    fp_result, fp = export("tflite", False, net, data, tmp_dir)
+    q_result, q = export("tflite", True, net, data, tmp_dir)
+    weights = sum(m.weight.numel() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    for result, ver in ((fp_result, fp), (q_result, q)):
+        b = ver.checks["size_bytes"]
+        assert b["file"] == result.path.stat().st_size and b["other"] >= 0
+        assert sum(b["constants"].values()) + b["quantization_params"] + b["tensor_names"] + b["other"] == b["file"]
+    f, i = fp.checks["size_bytes"], q.checks["size_bytes"]
+    assert f["quantization_params"] == 0 and f["constants"]["float32"] >= 4 * weights
+    assert i["constants"]["int8"] >= weights and i["constants"].get("float32", 0) < f["constants"]["float32"] / 10
+    # per-channel: a float32 scale and an int64 zero point per output channel of every weight (and its bias)
+    channels = sum(m.weight.shape[0] for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert i["quantization_params"] >= 12 * channels
