@@ -486,13 +486,13 @@ def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, w
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
+    from lwdeploy.models.loader import import_user_modules, user_modules
+
     say(f"converting for {', '.join(plan.targets)}: {' | '.join(' + '.join(g) for g in groups)} "
         f"({jobs} processes)")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers have the other core(s)
     try:
-        from lwdeploy.models.loader import import_user_modules, user_modules
-
         with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=mp.get_context("spawn"),
                                  initializer=import_user_modules, initargs=(user_modules(),)) as pool:
             futures = [(g, pool.submit(_convert_worker, g, net, info, example, images, out_paths, plan))
