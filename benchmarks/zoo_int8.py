@@ -69,6 +69,8 @@ def bench(model: str, by_target: dict, args) -> dict:
             fid = m["verification"].get("fidelity") or {}
             cell = {"size_bytes": m["artifact"]["size_bytes"], "top1_agreement": fid.get("top1_agreement"),
                     "sqnr_db": fid.get("sqnr_db"), "heldout": fid.get("n")}
+            if checks.get("size_bytes"):   # TFLite: where the bytes go (converters/inspect_tflite.size_breakdown)
+                cell["quantization_params_bytes"] = checks["size_bytes"]["quantization_params"]
             if target == "tflite":
                 ops = tflite_op_counts(path)
                 cell.update({k.lower(): ops.get(k, 0) for k in ("TRANSPOSE", "QUANTIZE", "DEQUANTIZE")},
@@ -87,6 +89,9 @@ def bench(model: str, by_target: dict, args) -> dict:
         if "fp32" in cellz and "int8" in cellz:
             cellz["latency_ratio"] = round(cellz["int8"]["cpu_ms"] / cellz["fp32"]["cpu_ms"], 3)
             cellz["size_ratio"] = round(cellz["int8"]["size_bytes"] / cellz["fp32"]["size_bytes"], 3)
+            qp = cellz["int8"].get("quantization_params_bytes")
+            if qp is not None:
+                cellz["qparams_ratio"] = round(qp / cellz["fp32"]["size_bytes"], 3)
     return row
 
 
@@ -101,15 +106,16 @@ def markdown(report: dict) -> str:
              f"artifacts and fidelity from `lwdeploy matrix` ({meta['matrix']}; random weights with BatchNorm "
              "statistics from photos, top-1 agreement on the matrix's held-out crops). Targets (issue #4): "
              f"int8 ≤ {LATENCY_TARGET}× float latency, ≤ {SIZE_TARGET}× size, ≤ 1 TRANSPOSE, one partition.", "",
-             "| model | target | fp32 ms | int8 ms | int8/fp32 | size ×fp32 | TRANSPOSE | QUANTIZE | DEQUANTIZE "
-             "| partitions | int8 top-1 agree | int8 SQNR dB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | target | fp32 ms | int8 ms | int8/fp32 | size ×fp32 | of which qparams | TRANSPOSE | QUANTIZE "
+             "| DEQUANTIZE | partitions | int8 top-1 agree | int8 SQNR dB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         for target, c in r["targets"].items():
             f, q = c.get("fp32", {}), c.get("int8", {})
             lines.append("| " + " | ".join([
                 r["model"] + ("" if r["cnn"] else " (ViT hybrid)"), target, _f(f.get("cpu_ms")), _f(q.get("cpu_ms")),
-                _f(c.get("latency_ratio")), _f(c.get("size_ratio"), ".3f"), _f(q.get("transpose"), "d"),
+                _f(c.get("latency_ratio")), _f(c.get("size_ratio"), ".3f"), _f(c.get("qparams_ratio"), ".3f"),
+                _f(q.get("transpose"), "d"),
                 _f(q.get("quantize"), "d"), _f(q.get("dequantize"), "d"),
                 f"{_f(q.get('partitions'), 'd')}" + (f" (+{q['outside_delegate']} kernels outside)" if q.get("outside_delegate")
                                                      else ""),
@@ -127,6 +133,14 @@ def markdown(report: dict) -> str:
                      f"{sum(c['int8'].get('partitions') == 1 for c in rs)}/{len(rs)}"
                      + (f"; ≤ 1 TRANSPOSE on {sum((c['int8'].get('transpose') or 0) <= 1 for c in rs)}/{len(rs)}"
                         if target == "tflite" else ""))
+        with_qp = [c for c in rs if "qparams_ratio" in c]
+        if with_qp:
+            shares = sorted(c["qparams_ratio"] / c["size_ratio"] for c in with_qp)
+            lines.append(f"  - {target} int8 files: per-channel quantization parameters (float32 scale + int64 zero "
+                         f"point per channel of every weight and bias) are {shares[0]:.0%}–{shares[-1]:.0%} of the "
+                         f"bytes (median {shares[len(shares) // 2]:.0%}); without them size would be ≤ "
+                         f"{SIZE_TARGET}× on "
+                         f"{sum(c['size_ratio'] - c['qparams_ratio'] <= SIZE_TARGET for c in with_qp)}/{len(with_qp)}")
     missing = report.get("missing") or []
     if missing:
         lines += ["", "Not in the table (a precision failed or was not exported in the matrix): "
