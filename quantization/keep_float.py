@@ -28,6 +28,30 @@ def _node_paths(node: torch.fx.Node) -> list[str]:
     return out
 
 
+def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
+    """Module paths of the depthwise convolutions that ExecuTorch's XNNPACK runs slower in int8 than in float.
+
+    Its int8 depthwise kernel with 10-25 taps (5×5) took 1.63× its float time, while 3×3 is at par (1.05×) and
+    TFLite's int8 5×5 is 0.96× (`python benchmarks/depthwise_int8.py`, 1 thread). Kept float inside the int8
+    program (one DEQUANTIZE in, one QUANTIZE out), they made ExecuTorch int8 faster AND closer to float:
+    MobileNetV3-Large 4.44 → 4.09 ms, GhostNet 3.71 → 3.57 ms (float 5.93 / 5.70 ms). A ConvBNAct holding such a
+    conv is kept whole (its activation then runs float too), and a tiled large kernel (lowering.py) whole."""
+    from lwdeploy.models.layers import ConvBNAct
+    from lwdeploy.quantization.lowering import TiledDepthwiseConv2d
+
+    def slow(m: torch.nn.Module) -> bool:
+        return (isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1
+                and 9 < m.kernel_size[0] * m.kernel_size[1] <= 25)
+
+    paths: list[str] = []
+    for name, m in model.named_modules():
+        if any(name.startswith(p + ".") for p in paths):
+            continue                                   # inside a module already kept whole
+        if isinstance(m, TiledDepthwiseConv2d) or (isinstance(m, ConvBNAct) and slow(m.conv)) or slow(m):
+            paths.append(name)
+    return paths
+
+
 def _inside(node: torch.fx.Node, paths: tuple[str, ...]) -> bool:
     return any(p == k or p.startswith(k + ".") for p in _node_paths(node) for k in paths)
 

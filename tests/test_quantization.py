@@ -393,3 +393,31 @@ def test_moves_above_rank_5_stay_float_for_executorch_and_core_ml():
              and n.meta["val"].dim() > 5]
     # Core ML shares this program and its quantize op takes rank <= 5 (the matrix's MobileViT int8 cell failed)
     assert rank6 and not any("quantize" in str(u.target) for n in rank6 for u in n.users)
+
+
+def test_slow_int8_depthwise_picks_5x5_depthwise_layers_only():
+    import lwdeploy.models as zoo
+    from lwdeploy.quantization.keep_float import slow_int8_depthwise
+    from lwdeploy.quantization.lowering import TiledDepthwiseConv2d, lower
+
+    mnv3 = zoo.create("mobilenet_v3_large_100")
+    paths = slow_int8_depthwise(mnv3)
+    modules = dict(mnv3.named_modules())
+    assert len(paths) == 6 and all(modules[p].conv.kernel_size == (5, 5) for p in paths)   # ConvBNActs, whole
+    assert slow_int8_depthwise(zoo.create("mobilenet_v2_100")) == []                        # 3×3 only
+    mixnet = lower(zoo.create("mixnet_s"), "executorch")
+    tiled = [n for n, m in mixnet.named_modules() if isinstance(m, TiledDepthwiseConv2d)]
+    kept = slow_int8_depthwise(mixnet)
+    assert tiled and set(tiled) <= set(kept) and not any(p.startswith(t + ".") for p in kept for t in tiled)
+
+
+def test_executorch_int8_leaves_5x5_depthwise_float_and_tflite_does_not(net):
+    """ExecuTorch's int8 5×5 depthwise kernel is slower than its float one: those convs stay float there."""
+    model = _ConvsCatBN().eval()
+    calib = [torch.randn(1, 3, 16, 16) for _ in range(4)]
+    et = quantize(model, calib[0], "executorch", calib)
+    tfl = quantize(model, calib[0], "tflite", calib)
+    assert et.scheme["float_depthwise"]["layers"] == ["convs.1"] and et.scheme["keep_float"] == []
+    assert "float_depthwise" not in tfl.scheme
+    per_channel = lambda gm: sum("dequantize_per_channel" in o for o in _ops(gm))   # noqa: E731
+    assert (per_channel(et.module), per_channel(tfl.module)) == (2, 3)      # stem + 3×3; TFLite: the 5×5 too
