@@ -411,7 +411,7 @@ def test_slow_int8_depthwise_picks_5x5_depthwise_layers_only():
     assert tiled and set(tiled) <= set(kept) and not any(p.startswith(t + ".") for p in kept for t in tiled)
 
 
-def test_executorch_int8_leaves_5x5_depthwise_float_and_tflite_does_not(net):
+def test_executorch_int8_leaves_5x5_depthwise_float_and_tflite_does_not():
     """ExecuTorch's int8 5×5 depthwise kernel is slower than its float one: those convs stay float there."""
     model = _ConvsCatBN().eval()
     calib = [torch.randn(1, 3, 16, 16) for _ in range(4)]
