@@ -34,8 +34,9 @@ def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
     Its int8 depthwise kernel with 10-25 taps (5×5) took 1.63× its float time, while 3×3 is at par (1.05×) and
     TFLite's int8 5×5 is 0.96× (`python benchmarks/depthwise_int8.py`, 1 thread). Kept float inside the int8
     program (one DEQUANTIZE in, one QUANTIZE out), they made ExecuTorch int8 faster: int8/float MixNet-S
-    0.76 → 0.62×, MobileNetV3-Large 0.75 → 0.69× (`benchmarks/zoo_int8.py`, docs/int8_zoo.md). A ConvBNAct holding such a
-    conv is kept whole (its activation then runs float too), and a tiled large kernel (lowering.py) whole."""
+    0.76 → 0.62×, MobileNetV3-Large 0.75 → 0.69× (`benchmarks/zoo_int8.py`, docs/int8_zoo.md). A ConvBNAct
+    holding such a conv is kept whole (its activation then runs float too), and a tiled large kernel
+    (lowering.py) whole."""
     from lwdeploy.models.layers import ConvBNAct
     from lwdeploy.quantization.lowering import TiledDepthwiseConv2d
 
