@@ -128,17 +128,18 @@ def test_relu6_outputs_are_quantized_on_zero_to_six(target):
 
 @pytest.mark.parametrize("target", ["executorch", "tflite"])
 def test_hardswish_add_relu6_is_one_fused_int8_op(target):
-    """lowering's hard-swish x·(relu6(x + 3)·⅙): F.relu6 exports as aten.relu6 (not hardtanh). Its ADD must not
-    be quantized on its own range: the quantize sits after the clamp on [0, 6], so XNNPACK fuses the clamp
-    into the ADD (before: a separate Clamp op + requantization per hard-swish in ExecuTorch)."""
+    """lowering's hard-swish x·(relu6(x + 3)·⅙) (TFLite's int8 form; ExecuTorch's too when a model spells it out):
+    F.relu6 exports as aten.relu6 (not hardtanh). Its ADD must not be quantized on its own range: the quantize
+    sits after the clamp on [0, 6], so XNNPACK fuses the clamp into the ADD (before: a separate Clamp op +
+    requantization per hard-swish in ExecuTorch)."""
     pytest.importorskip("executorch" if target == "executorch" else "litert_torch", reason=f"{target} not installed")
-    from lwdeploy.quantization.lowering import lower
+    from lwdeploy.quantization.lowering import QuantHardSwish
     from lwdeploy.quantization.pt2e import quantize
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 4, 1)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), QuantHardSwish(), nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(6, 3, 16, 16) * 3
-    gm = quantize(lower(model, target), x[:1], target, [x[i:i + 1] for i in range(6)]).module
+    gm = quantize(model, x[:1], target, [x[i:i + 1] for i in range(6)]).module
     relu6 = [n for n in gm.graph.nodes if n.op == "call_function" and "relu6" in str(n.target)]
     assert len(relu6) == 1
     add = relu6[0].args[0]
