@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,12 @@ class CoreMLConverter(Converter):
         # Reproducibility: drop the conversion date coremltools stamps into the metadata, and replace the random
         # item UUIDs of the package's Manifest.json by ones derived from the items' contents (below).
         mlmodel.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
-        with timer("save"), atomic_path(req.out_path) as tmp:
-            mlmodel.save(str(tmp))
-            deterministic_manifest(tmp)
+        try:
+            with timer("save"), atomic_path(req.out_path) as tmp:
+                mlmodel.save(str(tmp))
+                deterministic_manifest(tmp)
+        finally:
+            _remove_temp_package(mlmodel)
         notes.append(f"compute precision {'float16' if opts['fp16'] else 'float32'}; minimum target {opts['min_target']}")
         if req.int8:
             notes.append("int8: PT2E Q/DQ graph converted by coremltools — constexpr_affine_dequantize int8 weights, "
@@ -230,6 +234,14 @@ class CoreMLConverter(Converter):
         notes = ["Core ML cannot run on Linux: structural checks only; numerical fidelity and latency need macOS "
                  "(coremltools MLModel.predict) or a device"]
         return Verification(False, checks, None, None, notes, timings=timer.as_dict())
+
+
+def _remove_temp_package(mlmodel) -> None:
+    """ct.convert writes the model to a temporary .mlpackage that coremltools deletes only at interpreter exit
+    (atexit). The pipeline converts in worker processes, which end without running atexit handlers, so every
+    Core ML export there left a copy of its weights in the temp folder (100 of them after a few matrix runs)."""
+    if getattr(mlmodel, "is_temp_package", False) and getattr(mlmodel, "package_path", None):
+        shutil.rmtree(mlmodel.package_path, ignore_errors=True)
 
 
 def deterministic_manifest(package: Path | str) -> dict[str, str]:

@@ -185,7 +185,10 @@ def test_executorch_float_fully_delegated_and_matches(net, data, tmp_dir):
 def test_executorch_int8_matches_float(net, data, tmp_dir):
     result, ver = export("executorch", True, net, data, tmp_dir, etrecord=True)
     assert "XNNPACKQuantizer" in result.quantization["quantizer"]
-    assert result.details["delegate_partitions"] >= 1
+    assert result.details["delegate_partitions"] == 1
+    # the stem's nn.Hardswish runs as XNNPACK's int8 hard-swish inside the delegate (converters/executorch.py)
+    assert result.details["ops_in_delegate"].get("hardswish") == 1, result.details
+    assert not any("hardswish" in op for op in result.details["ops_outside_delegate"]), result.details
     assert ver.fidelity["sqnr_db"] > 15 and ver.fidelity["cosine"] > 0.98, ver.fidelity
     etrecord = result.path.with_suffix(".etrecord")
     assert etrecord in result.extra_files and etrecord.stat().st_size > 0
@@ -236,6 +239,20 @@ def test_coreml_float_structure(net, data, tmp_dir):
     assert c["outputs"][0]["name"] == "logits" and c["outputs"][0]["shape"] == [1, tiny.CLASSES]
     assert c["conv_ops"] == 7 and c["int8"] is False
     assert c["metadata"]["lwdeploy.labels"].splitlines() == LABELS
+
+
+def test_coreml_export_leaves_no_temporary_package(net, data, tmp_path, monkeypatch):
+    """coremltools removes ct.convert's temporary .mlpackage only at interpreter exit, which pipeline worker
+    processes never reach: the converter removes it itself."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    x, _, _ = data
+    result = get_converter("coreml").convert(ExportRequest(net, x[:1].clone(), tiny.INFO, tmp_path / "m.mlpackage"))
+    assert (result.path / "Manifest.json").is_file()
+    assert list(temp.glob("*.mlpackage")) == []
 
 
 def test_coreml_int8_has_quantized_weights_and_activations(net, data, tmp_dir):
