@@ -30,8 +30,13 @@ def profile(artifact, device, runs, warmup, threads, etrecord, out, top, as_json
     from ..profiling.profile import profile_artifact
     from ..profiling.report import by_module, coverage
 
-    console = Console(stderr=True)
-    with console.status(f"profiling {artifact.name} on {device} ({warmup} warm-up + {runs} runs)…"):
+    from ..quiet import captured_native_output, terminal_stream
+
+    # the runtimes and their imports (torchao, ExecuTorch devtools) print to fds 1/2 and warn per op: captured
+    # as for export (LWDEPLOY_VERBOSE=1 shows them); the console writes to a duplicate of the real stderr
+    console = Console(file=terminal_stream())
+    with console.status(f"profiling {artifact.name} on {device} ({warmup} warm-up + {runs} runs)…"), \
+            captured_native_output():
         report = profile_artifact(artifact, device=device, runs=runs, warmup=warmup, threads=threads,
                                   etrecord=etrecord)
     out = out or artifact.with_name(artifact.name + ".report.json")

@@ -13,6 +13,7 @@ import platform
 import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import LwdeployError
@@ -171,7 +172,11 @@ def layers_from_etdump(dump: Path, etrecord: Path, runs: int) -> tuple[list[dict
     """Per-layer samples of the last `runs` executions in `dump`, their per-run sums, and Method::execute times."""
     from executorch.devtools import Inspector
 
-    inspector = Inspector(etdump_path=str(dump), etrecord=str(etrecord))
+    with warnings.catch_warnings():
+        # the ETRecord's schema reader warns once per op kwarg it does not model ("Unsupported kwarg
+        # encountered: aten_hardtanh_default_3, {'min_val': 0, ...}"): hundreds of lines, none of them actionable
+        warnings.filterwarnings("ignore", message="Unsupported kwarg encountered", category=UserWarning)
+        inspector = Inspector(etdump_path=str(dump), etrecord=str(etrecord))
     blocks = [b for b in inspector.event_blocks if b.name == "Execute"]
     if not blocks:
         raise LwdeployError("the ETDump has no Execute block", "was the .pte built with profiling events?")
