@@ -101,9 +101,10 @@ def _f(v, spec=".2f"):
 
 def markdown(report: dict) -> str:
     meta = report["meta"]
+    folders = meta["matrix"] if isinstance(meta["matrix"], list) else [meta["matrix"]]
     lines = [f"Host {meta['host']} ({meta['cpus']} cores), {meta['threads']} runtime thread, CPU time of the calling "
              f"thread, median of {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up invokes; "
-             f"artifacts and fidelity from `lwdeploy matrix` ({meta['matrix']}; random weights with BatchNorm "
+             f"artifacts and fidelity from `lwdeploy matrix` ({' + '.join(folders)}; random weights with BatchNorm "
              "statistics from photos, top-1 agreement on the matrix's held-out crops). Targets (issue #4): "
              f"int8 ≤ {LATENCY_TARGET}× float latency, ≤ {SIZE_TARGET}× size, ≤ 1 TRANSPOSE, one partition.", "",
              "| model | target | fp32 ms | int8 ms | int8/fp32 | size ×fp32 | of which qparams | TRANSPOSE | QUANTIZE "
@@ -150,7 +151,9 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--matrix", type=Path, required=True, help="a `lwdeploy matrix --out` folder")
+    ap.add_argument("--matrix", type=Path, nargs="+", required=True,
+                    help="`lwdeploy matrix --out` folders; a model found in several is taken from the last (e.g. the "
+                         "default matrix, then a re-run of the models a change touched)")
     ap.add_argument("--models", nargs="+", help="only these models (default: every one the matrix has)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=100, help="untimed invokes per artifact (TFLite int8 runs ~2× "
@@ -164,12 +167,14 @@ def main(argv=None) -> int:
     from lwdeploy.atomic import write_bytes, write_json
 
     console = Console(stderr=True)
-    if not (args.matrix / "matrix.json").is_file():
-        console.print(f"[red]error:[/] {args.matrix / 'matrix.json'} not found — run `lwdeploy matrix --out "
-                      f"{args.matrix}` first")
-        return 2
+    found: dict = {}
+    for folder in args.matrix:
+        if not (folder / "matrix.json").is_file():
+            console.print(f"[red]error:[/] {folder / 'matrix.json'} not found — run `lwdeploy matrix --out "
+                          f"{folder}` first")
+            return 2
+        found.update(cells(folder))
     torch.set_num_threads(args.threads)
-    found = cells(args.matrix)
     models = [m for m in found if not args.models or m in args.models]
     rows, missing = [], []
     with console.status("timing") as status:
@@ -184,7 +189,7 @@ def main(argv=None) -> int:
             console.log(model + ": " + ", ".join(f"{t} {c.get('latency_ratio', '—')}×"
                                                  for t, c in row["targets"].items()))
     report = {"meta": {"host": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-                       "warmup": args.warmup, "rounds": args.rounds, "matrix": str(args.matrix),
+                       "warmup": args.warmup, "rounds": args.rounds, "matrix": [str(m) for m in args.matrix],
                        "loadavg": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d %H:%M")},
               "rows": rows, "missing": missing}
