@@ -22,6 +22,11 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
 * TFLite float only: `nn.AvgPool2d(count_include_pad=False)` with padding becomes a zero-padded average
   divided by the padded average of a one-channel ones map (`ExcludePadAvgPool2d`): litert-torch lowers the
   original to STABLEHLO_REDUCE_WINDOW, which XNNPACK does not run (ShuffleNet v1: 4.3 of 13 ms).
+* ExecuTorch float only: `nn.AvgPool2d(count_include_pad=True)` with padding becomes a zero pad + an unpadded
+  average (`IncludePadAvgPool2d`): XNNPACK's pooling never counts padding, so the partitioner left the
+  original outside the delegate (DiCENet: 3 pools, 4 partitions → 1). Not in int8: XNNPACK has no int8
+  average pooling, and the int8 program with a pad before a float pool fails to load ("Failed to create
+  StaticConstantPad node … xnn_status_invalid_parameter").
 * TFLite only: explicit `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a
   Sequential is folded into the convolution's padding when symmetric (one PAD op less).
 * TFLite and ExecuTorch: a depthwise convolution with more than 25 taps (MixNet's 7×7, 9×9, 11×11) becomes
@@ -166,6 +171,21 @@ def dw_tiles(kh: int, kw: int, stride: tuple[int, int] = (1, 1), max_taps: int =
     return best[1], best[2]
 
 
+
+class IncludePadAvgPool2d(nn.Module):
+    """AvgPool2d(count_include_pad=True) with padding as an explicit zero pad and an unpadded average (exact).
+    XNNPACK's average pooling always leaves padding out of the count, so ExecuTorch's partitioner refuses the
+    original and runs it on a portable kernel between two partitions (DiCENet: 3 pools, 4 partitions)."""
+
+    def __init__(self, pool: nn.AvgPool2d):
+        super().__init__()
+        self.kernel_size, self.stride = pool.kernel_size, pool.stride
+        ph, pw = (pool.padding, pool.padding) if isinstance(pool.padding, int) else pool.padding
+        self.pad = (pw, pw, ph, ph)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0)
+
 class TiledDepthwiseConv2d(nn.Module):
     """A depthwise Conv2d as a sum of depthwise convs of ≤ 25 taps (same function).
 
@@ -276,6 +296,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     # ExecuTorch's XNNPACK runs torch's own hard-swish in int8 (quantization/xnnpack.py); LiteRT's does not
     _replace_activations(out, int8 and target != "executorch")
     _tile_large_depthwise(out)
+    if target == "executorch" and not int8:
+        _include_pad_avg_pools(out)
     if target == "tflite":
         _fold_explicit_pads(out)
         if not int8:
@@ -336,6 +358,14 @@ def _exclude_pad_avg_pools(model: nn.Module) -> None:
             if (type(child) is nn.AvgPool2d and not child.count_include_pad and not child.ceil_mode
                     and child.divisor_override is None and child.padding not in (0, (0, 0))):
                 setattr(parent, name, ExcludePadAvgPool2d(child))
+
+
+def _include_pad_avg_pools(model: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if (type(child) is nn.AvgPool2d and child.count_include_pad and not child.ceil_mode
+                    and child.divisor_override is None and child.padding not in (0, (0, 0))):
+                setattr(parent, name, IncludePadAvgPool2d(child))
 
 
 def _same_pad_convs(model: nn.Module) -> None:

@@ -13,8 +13,9 @@ from torch import nn
 import lwdeploy.models as zoo
 from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
-from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, QuantHardSigmoid, QuantHardSwish,
-                                            ScaledReLU6, TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
+from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d, QuantHardSigmoid,
+                                            QuantHardSwish, ScaledReLU6, TFSameConv2d, TiledDepthwiseConv2d, _is_same,
+                                            lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
              "mobilenet_v2_100"]
@@ -141,6 +142,35 @@ def test_exclude_pad_avg_pool_is_rewritten_for_tflite_float_only(k, s, p, size):
     assert type(lower(model, "tflite")[1]) is nn.AvgPool2d           # int8: tflite_int8.py rewrites it itself
     assert type(lower(model, "executorch", int8=False)[1]) is nn.AvgPool2d
     assert type(lower(nn.Sequential(nn.AvgPool2d(3, 2, 1)), "tflite", int8=False)[0]) is nn.AvgPool2d
+
+
+@pytest.mark.parametrize("k,s,p,size", [(3, 2, 1, 16), (3, 2, 1, 15), (3, 1, 1, 9), (5, 2, 2, 14)])
+def test_executorch_include_pad_avg_pool_is_pad_then_pool(k, s, p, size):
+    """XNNPACK's average pooling leaves padding out of the count: ExecuTorch's partitioner refuses
+    AvgPool2d(count_include_pad=True) with padding (DiCENet: 3 pools outside, 4 partitions)."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AvgPool2d(k, s, p))
+    x = torch.randn(2, 3, size, size)
+    lowered = lower(model, "executorch", int8=False)
+    assert isinstance(lowered[1], IncludePadAvgPool2d)
+    torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
+    assert type(lower(model, "executorch")[1]) is nn.AvgPool2d              # int8: XNNPACK cannot load it
+    assert type(lower(model, "tflite", int8=False)[1]) is nn.AvgPool2d      # PAD + AVERAGE_POOL_2D already
+    unpadded = nn.Sequential(nn.AvgPool2d(2, 2))
+    assert type(lower(unpadded, "executorch", int8=False)[0]) is nn.AvgPool2d
+
+
+def test_executorch_include_pad_avg_pool_is_delegated(tmp_path):
+    pytest.importorskip("executorch", reason="executorch not installed")
+    from lwdeploy.converters import get_converter
+    from lwdeploy.converters.base import ExportRequest
+    from lwdeploy.models import get_info
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, 2, 1), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    req = ExportRequest(lower(model, "executorch", int8=False), x, get_info("mobilenet_v2_100"), tmp_path / "m.pte")
+    details = get_converter("executorch").convert(req).details
+    assert details["delegate_partitions"] == 1 and not details["ops_outside_delegate"], details
 
 
 def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:
