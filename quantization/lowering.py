@@ -171,7 +171,6 @@ def dw_tiles(kh: int, kw: int, stride: tuple[int, int] = (1, 1), max_taps: int =
     return best[1], best[2]
 
 
-
 class IncludePadAvgPool2d(nn.Module):
     """AvgPool2d(count_include_pad=True) with padding as an explicit zero pad and an unpadded average (exact).
     XNNPACK's average pooling always leaves padding out of the count, so ExecuTorch's partitioner refuses the
@@ -185,6 +184,7 @@ class IncludePadAvgPool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0)
+
 
 class TiledDepthwiseConv2d(nn.Module):
     """A depthwise Conv2d as a sum of depthwise convs of ≤ 25 taps (same function).
@@ -293,15 +293,15 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
         # Core ML's converter maps hard-swish/hard-sigmoid to its own ops; nothing here is measured to help.
         return out.train(was_training)
     _fold_se_gates(out)
-    # ExecuTorch's XNNPACK runs torch's own hard-swish in int8 (quantization/xnnpack.py); LiteRT's does not
+    # ExecuTorch's XNNPACK runs torch's own hard-swish in int8 (module docstring); LiteRT's does not
     _replace_activations(out, int8 and target != "executorch")
     _tile_large_depthwise(out)
     if target == "executorch" and not int8:
-        _include_pad_avg_pools(out)
+        _replace_padded_avg_pools(out, True, IncludePadAvgPool2d)
     if target == "tflite":
         _fold_explicit_pads(out)
         if not int8:
-            _exclude_pad_avg_pools(out)
+            _replace_padded_avg_pools(out, False, ExcludePadAvgPool2d)
         if tf_same_kernels:
             _same_pad_convs(out)
     return out.train(was_training)
@@ -352,20 +352,13 @@ def _fold_explicit_pads(model: nn.Module) -> None:
             seq._modules[a] = nn.Identity()
 
 
-def _exclude_pad_avg_pools(model: nn.Module) -> None:
+def _replace_padded_avg_pools(model: nn.Module, count_include_pad: bool, form) -> None:
+    """Each plain padded nn.AvgPool2d with this `count_include_pad` → `form(pool)`."""
     for parent in model.modules():
         for name, child in list(parent.named_children()):
-            if (type(child) is nn.AvgPool2d and not child.count_include_pad and not child.ceil_mode
+            if (type(child) is nn.AvgPool2d and child.count_include_pad == count_include_pad and not child.ceil_mode
                     and child.divisor_override is None and child.padding not in (0, (0, 0))):
-                setattr(parent, name, ExcludePadAvgPool2d(child))
-
-
-def _include_pad_avg_pools(model: nn.Module) -> None:
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if (type(child) is nn.AvgPool2d and child.count_include_pad and not child.ceil_mode
-                    and child.divisor_override is None and child.padding not in (0, (0, 0))):
-                setattr(parent, name, IncludePadAvgPool2d(child))
+                setattr(parent, name, form(child))
 
 
 def _same_pad_convs(model: nn.Module) -> None:

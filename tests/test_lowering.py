@@ -86,7 +86,7 @@ def test_torch_activations_of_user_models_are_rewritten():
     for target, hardswish in (("tflite", QuantHardSwish), ("executorch", nn.Hardswish)):
         lowered = lower(model, target)
         kinds = [type(m) for m in lowered]
-        # ExecuTorch's XNNPACK runs the native hard-swish in int8 (quantization/xnnpack.py); LiteRT's does not
+        # ExecuTorch's XNNPACK runs the native hard-swish in int8 (lowering.py); LiteRT's does not
         assert kinds[1] is hardswish and kinds[3] is QuantHardSigmoid and kinds[4] is nn.ReLU6, target
         torch.testing.assert_close(lowered(x), model(x), atol=1e-5, rtol=1e-5)
 
