@@ -28,8 +28,10 @@ from torch import nn
 
 from lwdeploy.errors import LwdeployError
 
+from . import shuffle_trunk
+
 CHECKPOINT_FORMAT = "lwdeploy.checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 IMPORTANCES = ("l1", "l2", "bn", "random")
 # Normalisations whose output for a channel depends on other channels: the masked-equivalence check is not
 # exact for them (the zeroed channels still enter the mean/variance), so it is skipped — and said so.
@@ -71,7 +73,7 @@ def default_ignored(model: nn.Module) -> list[nn.Module]:
 
 def prune(model: nn.Module, ratio: float, example: torch.Tensor, *, round_to: int = 8, importance: str = "l1",
           ignored: Sequence[nn.Module] | None = None, layer_ratios: dict[str, float] | None = None,
-          verify: bool = True) -> nn.Module:
+          verify: bool = True, prune_trunk: bool = True) -> nn.Module:
     """Return a copy of `model` with `ratio` of the channels of every prunable layer group removed.
 
     `round_to`: kept channel counts are rounded to this multiple (8 suits NEON/XNNPACK int8 kernels).
@@ -79,6 +81,7 @@ def prune(model: nn.Module, ratio: float, example: torch.Tensor, *, round_to: in
     `ignored`: modules to keep whole (default: the classifier). `layer_ratios`: {module name: ratio} to
     override the global ratio per layer (e.g. from measured per-layer latency).
     `verify`: check that the pruned network equals the original with the removed channels zeroed.
+    `prune_trunk`: also prune ShuffleNet v2's shuffled trunk (shuffle_trunk.py; the global ratio applies).
 
     Channel groups that pass through ops the tracer cannot map index-by-index (a channel shuffle's
     view/transpose, unbind, expand) are kept whole when pruning everything fails or gives a different
@@ -105,15 +108,24 @@ def prune(model: nn.Module, ratio: float, example: torch.Tensor, *, round_to: in
                                 "pass an example input the model accepts (e.g. a larger --resolution)") from None
     ignored_names = _names_of(model, default_ignored(model) if ignored is None else ignored)
     label = type(model).__name__
+    # ShuffleNet v2's shuffled trunk first (Torch-Pruning cannot follow it; see shuffle_trunk.py), then the
+    # rest on the narrower net, checked against the original with both kinds of removed channels zeroed
+    trunk = shuffle_trunk.plan(model, ratio, round_to, importance) if prune_trunk else shuffle_trunk.TrunkPlan()
+    base, twin = model, None
+    if trunk.selections:
+        base = shuffle_trunk.apply(copy.deepcopy(model), trunk.selections).eval()
+        twin = copy.deepcopy(model).eval()
+        shuffle_trunk.zero_dropped(twin, trunk)
     try:
-        pruned = _attempt(model, ratio, example, before, round_to, importance, ignored_names, layer_ratios, verify)
+        pruned = _attempt(base, ratio, example, before, round_to, importance, ignored_names, layer_ratios, verify,
+                          twin)
     except LwdeployError as first:
-        unsafe = _unsafe_group_modules(model, example, ignored_names)
+        unsafe = _unsafe_group_modules(base, example, ignored_names)
         if not unsafe:
             raise LwdeployError(f"cannot prune {label}: {first.message}", first.hint) from None
         try:
-            pruned = _attempt(model, ratio, example, before, round_to, importance, ignored_names | unsafe,
-                              layer_ratios, verify)
+            pruned = _attempt(base, ratio, example, before, round_to, importance, ignored_names | unsafe,
+                              layer_ratios, verify, twin)
         except LwdeployError as second:
             raise LwdeployError(f"cannot prune {label}: {first.message} (keeping the {len(unsafe)} layers that "
                                 f"feed reshape/shuffle/split ops whole did not help: {second.message})",
@@ -121,6 +133,9 @@ def prune(model: nn.Module, ratio: float, example: torch.Tensor, *, round_to: in
         pruned.lwdeploy_pruning["kept_whole"] = sorted(unsafe)
         pruned.lwdeploy_pruning["note"] = (f"{len(unsafe)} layers feed reshape/shuffle/split ops whose channel "
                                            f"mapping the tracer cannot follow; they were kept whole")
+    if trunk.selections:
+        pruned.lwdeploy_pruning["trunk"] = trunk.selections
+        pruned.lwdeploy_pruning["trunk_widths"] = {k: list(v) for k, v in trunk.widths.items()}
     model.train(was_training)
     pruned.train(was_training)
     return pruned
@@ -136,13 +151,15 @@ def _names_of(model: nn.Module, modules: Iterable[nn.Module]) -> set[str]:
     return out
 
 
-def _attempt(model, ratio, example, before, round_to, importance, ignored_names, layer_ratios, verify) -> nn.Module:
-    """Prune a copy of `model`; raise LwdeployError when it fails or changes the function (see module doc)."""
+def _attempt(model, ratio, example, before, round_to, importance, ignored_names, layer_ratios, verify,
+             twin=None) -> nn.Module:
+    """Prune a copy of `model`; raise LwdeployError when it fails or changes the function (see module doc).
+    `twin`: the unpruned original with channels already removed from `model` zeroed (default: `model`)."""
     import torch_pruning as tp
 
     label = type(model).__name__
     work = copy.deepcopy(model).eval()
-    reference = copy.deepcopy(model).eval() if verify else None
+    reference = copy.deepcopy(model if twin is None else twin).eval() if verify else None
     modules = dict(work.named_modules())
     names = {m: n for n, m in modules.items()}
     imp_fn = _importance(importance)
@@ -442,12 +459,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, model_name: str, over
     pruning = getattr(model, "lwdeploy_pruning", None)
     obj = {
         "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
+        # version 2 adds the ShuffleNet v2 trunk selections; without them the file is what version 1 reads
+        "version": CHECKPOINT_VERSION if pruning and pruning.get("trunk") else 1,
         "model": model_name,
         "overrides": {k: v for k, v in overrides.items() if v is not None},
         "resolution": int(resolution),
         "pruning": None if pruning is None else {k: pruning[k] for k in ("ratio", "round_to", "importance",
-                                                                          "history")},
+                                                                          "history", "trunk") if k in pruning},
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "extra": _plain(extra or {}),
     }
@@ -521,7 +539,12 @@ def load_checkpoint(path: str | Path, *, overrides: dict | None = None) -> tuple
     state = ck["state_dict"]
     pruning = ck.get("pruning")
     replay_error = None
-    if pruning and pruning.get("history"):
+    if pruning and pruning.get("trunk"):
+        try:  # the trunk was pruned first, and the recorded history indexes the narrower net
+            shuffle_trunk.apply(model, pruning["trunk"])
+        except (ValueError, IndexError, RuntimeError) as e:
+            replay_error = f"trunk selections do not fit: {str(e).splitlines()[0][:160]}"
+    if pruning and pruning.get("history") and replay_error is None:
         replay_error = _replay(model, pruning["history"], int(ck.get("resolution") or 64))
     _load_state_checked(model, state, path.name, ck["model"], over, replay_error)
     if pruning:

@@ -127,15 +127,75 @@ def test_channel_split_and_shuffle_trunk_kept_whole_branches_pruned():
     assert pruned.lwdeploy_pruning["check"] == "masked-equivalent"
 
 
-def test_zoo_shufflenet_v2_prunes_between_shuffles():
-    if "shufflenet_v2_100" not in list_models():
-        pytest.skip("shufflenet_v2_100 is not in the zoo")
+def _shufflenet_v2(name: str = "shufflenet_v2_100") -> nn.Module:
     torch.manual_seed(0)
-    model = create("shufflenet_v2_100", num_classes=10)
+    model = create(name, num_classes=10)
+    for m in model.modules():  # BN shifts ≠ 0: a zeroed lane that still leaks (a BN after it) changes the logits
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    return model.eval()
+
+
+def test_zoo_shufflenet_v2_prunes_between_shuffles_and_its_trunk():
+    model = _shufflenet_v2()
     pruned = prune(model, 0.3, _example())
     assert pruned.lwdeploy_pruning["check"] == "masked-equivalent"
-    assert count_macs(pruned, RES) < 0.8 * count_macs(model, RES)
+    # the shuffled trunk (2 × 58/116/232) shrinks too, to 2 × the ratio's kept count rounded to 8
+    assert pruned.lwdeploy_pruning["trunk_widths"] == {"blocks.0": [116, 80], "blocks.1": [232, 160],
+                                                       "blocks.2": [464, 320]}
+    assert pruned.blocks[1][3].split == [80, 80] and pruned.blocks[3].conv.in_channels == 320
+    assert count_macs(pruned, RES) < 0.55 * count_macs(model, RES)     # was ~0.7 with the trunk kept whole
     assert type(pruned.blocks[0][0].shuffle).__name__ == "ChannelShuffle"   # the stand-in conv is gone again
+    whole = prune(model, 0.3, _example(), prune_trunk=False)
+    assert whole.blocks[1][3].split == [116, 116] and "trunk" not in whole.lwdeploy_pruning
+    assert count_macs(pruned, RES) < 0.8 * count_macs(whole, RES)
+
+
+def test_shufflenet_v2_trunk_widens_a_stage_whose_lanes_do_not_fit():
+    """0.5×, stage 2 (8 units, half-width 48): at 32 lanes some fate has more slots than original lanes,
+    so the planner takes the next multiple of 8 (40) rather than give a lane a different consumer."""
+    pruned = prune(_shufflenet_v2("shufflenet_v2_050"), 0.3, _example())
+    assert pruned.lwdeploy_pruning["trunk_widths"]["blocks.1"] == [96, 80]
+    assert pruned.lwdeploy_pruning["check"] == "masked-equivalent"
+
+
+def test_shufflenet_v2_trunk_plan_is_checked_by_the_masked_twin():
+    """A plan that feeds one consumer its lanes in the wrong order gives another function: the twin sees it."""
+    import copy
+
+    from lwdeploy.quantization import shuffle_trunk
+
+    model = _shufflenet_v2()
+    plan = shuffle_trunk.plan(model, 0.3, 8)
+    twin = copy.deepcopy(model)
+    shuffle_trunk.zero_dropped(twin, plan)
+    x = _example().double()
+    with torch.no_grad():
+        good = shuffle_trunk.apply(copy.deepcopy(model), plan.selections).double()(x)
+        want = twin.double()(x)
+        assert torch.allclose(good, want, rtol=0, atol=1e-9 * want.abs().max().item())
+        consumer = next(i for i, (_, side, _) in enumerate(plan.selections) if side == "in")
+        plan.selections[consumer][2] = plan.selections[consumer][2][::-1]
+        bad = shuffle_trunk.apply(copy.deepcopy(model), plan.selections).double()(x)
+    assert (bad - want).abs().max() > 1e-3 * want.abs().max()
+
+
+def test_shufflenet_v2_trunk_checkpoint_replays(tmp_path):
+    pruned = prune(_shufflenet_v2(), 0.3, _example())
+    path = save_checkpoint(pruned, tmp_path / "s.pt", model_name="shufflenet_v2_100",
+                           overrides={"num_classes": 10}, resolution=RES)
+    raw = torch.load(path, weights_only=True)
+    assert raw["version"] == 2 and raw["pruning"]["trunk"] == pruned.lwdeploy_pruning["trunk"]
+    rebuilt = load_pruned(path)
+    x = torch.randn(2, 3, RES, RES)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), pruned.eval()(x))
+    assert channel_report(rebuilt) == channel_report(pruned)
+    raw["pruning"]["trunk"][0][0] = "blocks.9.branch2"
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(LwdeployError, match="trunk selections do not fit"):
+        load_pruned(tmp_path / "bad.pt")
 
 
 def test_equivalence_check_catches_a_wrong_channel_mapping():
