@@ -57,7 +57,8 @@ def prune(model, ratio, round_to, importance, resolution, width, num_classes, we
                "importance": importance, "resolution": res,
                "params": [count_params(net), count_params(pruned)], "macs": [count_macs(net, res),
                                                                             count_macs(pruned, res)],
-               "check": pruned.lwdeploy_pruning["check"], "note": pruned.lwdeploy_pruning.get("note")}
+               "check": pruned.lwdeploy_pruning["check"], "note": pruned.lwdeploy_pruning.get("note"),
+               "trunk_widths": pruned.lwdeploy_pruning.get("trunk_widths")}
     extra = dict(meta.get("extra") or {})
     if finetune_epochs:
         summary["finetune"] = _recover(pruned, net, data, res, meta["model"], finetune_epochs, train_samples,
@@ -75,6 +76,8 @@ def prune(model, ratio, round_to, importance, resolution, width, num_classes, we
         table.add_row(key, f"{a / 1e6:.2f} M", f"{b / 1e6:.2f} M", f"{b / a:.0%}")
     console.print(table)
     console.print(f"structure check: {summary['check']}" + (f" — {summary['note']}" if summary["note"] else ""))
+    if summary["trunk_widths"]:
+        console.print("shuffled trunk: " + ", ".join(f"{k} {a}→{b}" for k, (a, b) in summary["trunk_widths"].items()))
     if finetune_epochs:
         f = summary["finetune"]
         console.print(f"accuracy on {f['eval_source']}: teacher {f['teacher_acc']:.2f}%  pruned {f['pruned_acc']:.2f}%"
