@@ -547,6 +547,15 @@ def _verify_and_record(conv, target, result, convert_s, info, images, reference,
     say(f"{target}: verifying {out_path.name}")
     t1 = time.perf_counter()
     ver = conv.verify(result.path, images.heldout, reference)
+    loads = str(ver.checks.get("loads", ""))
+    if loads.startswith("FAILED"):
+        # a program its own runtime refuses (XNNPACK compiles the delegate at load time) is no artifact: remove
+        # it rather than ship a file that fails on the phone as it did here
+        for f in (result.path, *result.extra_files):
+            Path(f).unlink(missing_ok=True)
+        raise LwdeployError(f"the {target} runtime cannot load the exported {out_path.name} "
+                            f"({loads.removeprefix('FAILED: ').splitlines()[0][:200]}); nothing was written",
+                            "export this model for another target or without --int8, and report it")
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "artifact": {"file": out_path.name, "path": str(out_path), "target": target, "format": conv.suffix,
