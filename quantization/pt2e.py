@@ -286,7 +286,8 @@ def quantize(
         scheme["batchnorms_as_depthwise"] = kept_apart
     if slow_depthwise:
         scheme["float_depthwise"] = {"layers": slow_depthwise, "why": "XNNPACK's int8 depthwise kernel with 10-25 "
-                                     "taps is slower than its float one (keep_float.slow_int8_depthwise)"}
+                                     "taps, and its grouped IGEMM for channel-multiplier depthwise convs, are "
+                                     "slower than their float ones (keep_float.slow_int8_depthwise)"}
     return QuantizedModel(module=converted, quantizer=quantizer_obj, scheme=scheme)
 
 

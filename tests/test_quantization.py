@@ -395,7 +395,7 @@ def test_moves_above_rank_5_stay_float_for_executorch_and_core_ml():
     assert rank6 and not any("quantize" in str(u.target) for n in rank6 for u in n.users)
 
 
-def test_slow_int8_depthwise_picks_5x5_depthwise_layers_only():
+def test_slow_int8_depthwise_picks_5x5_and_channel_multiplier_depthwise_layers_only():
     import lwdeploy.models as zoo
     from lwdeploy.quantization.keep_float import slow_int8_depthwise
     from lwdeploy.quantization.lowering import TiledDepthwiseConv2d, lower
@@ -409,6 +409,14 @@ def test_slow_int8_depthwise_picks_5x5_depthwise_layers_only():
     tiled = [n for n, m in mixnet.named_modules() if isinstance(m, TiledDepthwiseConv2d)]
     kept = slow_int8_depthwise(mixnet)
     assert tiled and set(tiled) <= set(kept) and not any(p.startswith(t + ".") for p in kept for t in tiled)
+
+    # MicroNet's channel-multiplier convs (groups == in < out) run as a grouped IGEMM: kept float as well
+    micronet = zoo.create("micronet_m0")
+    modules = dict(micronet.named_modules())
+    multipliers = [n for n, m in modules.items() if isinstance(m, torch.nn.Conv2d) and 1 < m.groups == m.in_channels
+                   < m.out_channels]
+    kept = slow_int8_depthwise(micronet)
+    assert len(multipliers) == 7 and all(any(n == k or n.startswith(k + ".") for k in kept) for n in multipliers)
 
 
 def test_executorch_int8_leaves_5x5_depthwise_float_and_tflite_does_not():
