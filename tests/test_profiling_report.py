@@ -96,3 +96,33 @@ def test_compare_rejects_invalid_report_with_one_line(tmp_path, capsys):
     assert main(["compare", str(a), str(a)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: report does not match the schema") and "Traceback" not in err
+
+
+def test_compare_by_kernel_class_lines_up_float_and_int8(tmp_path):
+    """'Convolution (NHWC, F32) DWConv' and '… (NHWC, QC8) DWConv' are one row: where int8 did (not) pay off."""
+    from lwdeploy.profiling.report import by_kernel, kernel_class
+
+    def rep(dtype, dw_ms, gemm_ms):
+        r = _report("executorch", "host")
+        r["layers"] = [
+            {"name": "#0", "op_type": "aten_convolution_default", "module": "blocks.0.dw", "compute_unit": "CPU",
+             "kernels": [f"Convolution (NHWC, {dtype}) DWConv"], "ms": {"p10": dw_ms, "p50": dw_ms, "p90": dw_ms}},
+            {"name": "#1", "op_type": "aten_convolution_default", "module": "blocks.0.pw", "compute_unit": "CPU",
+             "kernels": [f"Fully Connected (NC, {dtype}) GEMM"], "ms": {"p10": gemm_ms, "p50": gemm_ms, "p90": gemm_ms}},
+            {"name": "#2", "op_type": "aten_convolution_default", "module": "blocks.1.dw", "compute_unit": "CPU",
+             "kernels": [f"Convolution (NHWC, {dtype}) DWConv"], "ms": {"p10": dw_ms, "p50": dw_ms, "p90": dw_ms}},
+            {"name": "#3", "op_type": "ADD", "module": None, "compute_unit": "CPU", "ms": {"p10": 0, "p50": 0.1, "p90": 0}},
+        ]
+        return r
+
+    assert kernel_class({"kernels": ["Convert (NC)", "Transpose (ND, X8)"]}) == "Convert + Transpose"
+    assert by_kernel(rep("QC8", 0.5, 0.25))[0] == ("Convolution DWConv", 1.0)
+    a, b = tmp_path / "f.json", tmp_path / "q.json"
+    a.write_text(json.dumps(rep("F32", 0.6, 1.0)))
+    b.write_text(json.dumps(rep("QC8", 0.5, 0.25)))
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b), "--by", "kernel", "--html", str(tmp_path / "k.html")])
+    assert res.exit_code == 0, res.output
+    rows = {l.rsplit(None, 2)[0].strip(): [float(x) for x in l.split()[-2:]] for l in res.output.splitlines()
+            if l.startswith(("Convolution", "Fully", "ADD"))}
+    assert rows == {"Convolution DWConv": [1.2, 1.0], "Fully Connected GEMM": [1.0, 0.25], "ADD": [0.1, 0.1]}
+    assert "per kernel class" in (tmp_path / "k.html").read_text()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from .report import by_module, coverage
+from .report import by_kernel, by_module, coverage
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1f2328;padding:0 1rem}
@@ -75,19 +75,20 @@ def report_html(report: dict, *, top: int = 20, depth: int = 3) -> str:
 """
 
 
-def compare_rows(reports: list[dict], depth: int = 2) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
-    """Column labels and per-module p50 rows (plus the total) for side-by-side tables."""
+def compare_rows(reports: list[dict], depth: int = 2, by: str = "module") -> tuple[list[str], list[tuple[str, list[float | None]]]]:
+    """Column labels and per-module (or per-kernel-class, by="kernel") p50 rows plus the total, side by side."""
     labels = [f"{r['device']['runtime']}@{r['device']['model'][:24]}" for r in reports]
     seen: dict[str, list[float | None]] = {}
     for i, r in enumerate(reports):
-        for mod, ms in by_module(r, depth=depth):
+        for mod, ms in (by_kernel(r) if by == "kernel" else by_module(r, depth=depth)):
             seen.setdefault(mod, [None] * len(reports))[i] = ms
     order = sorted(seen.items(), key=lambda kv: -max(v or 0.0 for v in kv[1]))
     return labels, [("TOTAL (p50)", [r["total_ms"]["p50"] for r in reports])] + order
 
 
-def compare_html(reports: list[dict], names: list[str], *, depth: int = 2, top: int = 20) -> str:
-    labels, rows = compare_rows(reports, depth)
+def compare_html(reports: list[dict], names: list[str], *, depth: int = 2, top: int = 20, by: str = "module") -> str:
+    labels, rows = compare_rows(reports, depth, by)
+    what = "kernel class" if by == "kernel" else "module"
     legend = "".join(f'<span class="badge" style="background:{_PALETTE[i % 8]};color:#fff">{html.escape(n)}</span>'
                      for i, n in enumerate(names))
     head = "".join(f"<th>{html.escape(n)}<br><small>{html.escape(l)}</small></th>" for n, l in zip(names, labels))
@@ -113,7 +114,7 @@ def compare_html(reports: list[dict], names: list[str], *, depth: int = 2, top: 
                        f'<text x="{label_w + w + 4:.1f}" y="{y + 10}">{v:.3f}</text>')
     svg.append("</svg>")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lwdeploy compare</title>
-<style>{_CSS}</style></head><body><h1>Per-module latency, side by side</h1><div class="meta">{legend}</div>
+<style>{_CSS}</style></head><body><h1>Per-{what} latency, side by side</h1><div class="meta">{legend}</div>
 {''.join(svg)}
-<h2>p50 ms per module (depth {depth})</h2><table><tr><th>module</th>{head}</tr>{body}</table></body></html>
+<h2>p50 ms per {what}{f" (depth {depth})" if by != "kernel" else ""}</h2><table><tr><th>{what}</th>{head}</tr>{body}</table></body></html>
 """

@@ -76,3 +76,21 @@ def by_module(report: dict, depth: int = 2) -> list[tuple[str, float]]:
         key = ".".join(module.split(".")[:depth]) if module else "(no module)"
         groups[key] = groups.get(key, 0.0) + layer["ms"]["p50"]
     return sorted(groups.items(), key=lambda kv: -kv[1])
+
+
+def kernel_class(layer: dict) -> str:
+    """What ran for a layer, without data types or layouts: XNNPACK's 'Convolution (NHWC, QC8) DWConv' and
+    'Convolution (NHWC, F32) DWConv' are both 'Convolution DWConv', so float and int8 reports line up."""
+    import re
+
+    names = layer.get("kernels") or [layer.get("op_type") or "?"]
+    return " + ".join(dict.fromkeys(re.sub(r"\s*\([^)]*\)", "", n).strip() or n for n in names))
+
+
+def by_kernel(report: dict) -> list[tuple[str, float]]:
+    """Layer p50 times summed per kernel class (kernel_class), largest first."""
+    groups: dict[str, float] = {}
+    for layer in report["layers"]:
+        key = kernel_class(layer)
+        groups[key] = groups.get(key, 0.0) + layer["ms"]["p50"]
+    return sorted(groups.items(), key=lambda kv: -kv[1])
