@@ -106,7 +106,10 @@ def markdown(report: dict) -> str:
              f"thread, median of {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up invokes; "
              f"artifacts and fidelity from `lwdeploy matrix` ({' + '.join(folders)}; random weights with BatchNorm "
              "statistics from photos, top-1 agreement on the matrix's held-out crops). Targets (issue #4): "
-             f"int8 ≤ {LATENCY_TARGET}× float latency, ≤ {SIZE_TARGET}× size, ≤ 1 TRANSPOSE, one partition.", "",
+             f"int8 ≤ {LATENCY_TARGET}× float latency, ≤ {SIZE_TARGET}× size, ≤ 1 TRANSPOSE, one partition." +
+             (f" Re-timed in this run: {', '.join(r['model'] for r in report['rows'] if r['model'] not in meta['earlier_rows']['models'])}"
+              f"; the other rows are from the run of {meta['earlier_rows']['date']}."
+              if meta.get("earlier_rows") else ""), "",
              "| model | target | fp32 ms | int8 ms | int8/fp32 | size ×fp32 | of which qparams | TRANSPOSE | QUANTIZE "
              "| DEQUANTIZE | partitions | int8 top-1 agree | int8 SQNR dB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -147,6 +150,19 @@ def markdown(report: dict) -> str:
         lines += ["", "Not in the table (a precision failed or was not exported in the matrix): "
                   + ", ".join(f"{m} {t}" for m, t in missing)]
     return "\n".join(lines) + "\n"
+
+
+def _keep_earlier_rows(report: dict, earlier: Path, models) -> None:
+    """With --models, the rows of every other model come from the earlier run in --out (same order), so a
+    re-run of the models a change touched updates the table instead of replacing it; meta says which."""
+    if not models or not earlier.is_file():
+        return
+    old = json.loads(earlier.read_text())
+    new = {r["model"]: r for r in report["rows"]}
+    kept = [r["model"] for r in old["rows"] if r["model"] not in new]
+    report["rows"] = [new.pop(r["model"], r) for r in old["rows"]] + list(new.values())
+    report["meta"]["earlier_rows"] = {"models": kept, "date": old["meta"].get("date"),
+                                      "matrix": old["meta"].get("matrix")}
 
 
 def main(argv=None) -> int:
@@ -193,6 +209,7 @@ def main(argv=None) -> int:
                        "loadavg": [round(v, 2) for v in os.getloadavg()], "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d %H:%M")},
               "rows": rows, "missing": missing}
+    _keep_earlier_rows(report, args.out / "zoo_int8.json", args.models)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "zoo_int8.json", report)
     md = markdown(report)

@@ -186,6 +186,21 @@ class IncludePadAvgPool2d(nn.Module):
         return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0)
 
 
+class IncludePadAvgPoolConv(nn.Conv2d):
+    """AvgPool2d(count_include_pad=True) as the depthwise conv it is: every weight 1/(kh·kw), zero padding
+    (exact; its int8 weights are exact too: one value per channel). For ExecuTorch int8: the pad + pool form
+    above made XNNPACK fail at load ("Failed to create StaticConstantPad node"), so the pool ran on a
+    portable kernel between partitions; an int8 depthwise conv is an ordinary delegated DWConv. DiCENet-0.5
+    int8: 4 partitions → 1, 2.25× → ~1.0× its float time (docs/int8_zoo.md)."""
+
+    def __init__(self, pool: nn.AvgPool2d, channels: int):
+        two = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+        k = two(pool.kernel_size)
+        super().__init__(channels, channels, k, two(pool.stride or k), two(pool.padding), groups=channels, bias=False)
+        with torch.no_grad():
+            self.weight.fill_(1.0 / (k[0] * k[1]))
+
+
 class TiledDepthwiseConv2d(nn.Module):
     """A depthwise Conv2d as a sum of depthwise convs of ≤ 25 taps (same function).
 
@@ -276,7 +291,8 @@ def _is_same(size: int, k: int, s: int, p: int, out: int) -> bool:
     return total // 2 == p and total - total // 2 == p
 
 
-def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: bool = False) -> nn.Module:
+def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: bool = False,
+          example: torch.Tensor | None = None) -> nn.Module:
     """A rewritten copy of `model` for `target` ('tflite' | 'executorch' | 'coreml'); same function in float.
 
     `int8=False` keeps native float forms (HARD_SWISH is fastest in float).
@@ -284,6 +300,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     default: measured on MobileNetV3-Small with XNNPACK, the PAD ops are delegated and cheap while 4×4 / 6×6
     depthwise kernels fall off XNNPACK's fast 3×3 / 5×5 paths — int8 1.42 → 2.41 ms, float 2.24 → 2.95 ms
     (1 thread, CPU time). Use it for delegates that cannot run PAD.
+    `example`: an input (its shape is used) for rewrites that must know a tensor's width; without it a
+    224 px, then a 64 px image is tried.
     """
     if target not in TARGETS:
         raise LwdeployError(f"unknown lowering target {target!r}", f"choose from {', '.join(TARGETS)}")
@@ -296,8 +314,13 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     # ExecuTorch's XNNPACK runs torch's own hard-swish in int8 (module docstring); LiteRT's does not
     _replace_activations(out, int8 and target != "executorch")
     _tile_large_depthwise(out)
-    if target == "executorch" and not int8:
-        _replace_padded_avg_pools(out, True, IncludePadAvgPool2d)
+    if target == "executorch":
+        if int8:
+            channels = _input_channels(out, [m for m in out.modules() if _is_padded_avg_pool(m, True)], example)
+            _replace_padded_avg_pools(out, True, lambda pool: IncludePadAvgPoolConv(pool, channels[pool])
+                                      if pool in channels else pool)
+        else:
+            _replace_padded_avg_pools(out, True, IncludePadAvgPool2d)
     if target == "tflite":
         _fold_explicit_pads(out)
         if not int8:
@@ -352,13 +375,46 @@ def _fold_explicit_pads(model: nn.Module) -> None:
             seq._modules[a] = nn.Identity()
 
 
+def _is_padded_avg_pool(m: nn.Module, count_include_pad: bool) -> bool:
+    return (type(m) is nn.AvgPool2d and m.count_include_pad == count_include_pad and not m.ceil_mode
+            and m.divisor_override is None and m.padding not in (0, (0, 0)))
+
+
 def _replace_padded_avg_pools(model: nn.Module, count_include_pad: bool, form) -> None:
     """Each plain padded nn.AvgPool2d with this `count_include_pad` → `form(pool)`."""
     for parent in model.modules():
         for name, child in list(parent.named_children()):
-            if (type(child) is nn.AvgPool2d and child.count_include_pad == count_include_pad and not child.ceil_mode
-                    and child.divisor_override is None and child.padding not in (0, (0, 0))):
+            if _is_padded_avg_pool(child, count_include_pad):
                 setattr(parent, name, form(child))
+
+
+def _input_channels(model: nn.Module, modules: list[nn.Module], example: torch.Tensor | None) -> dict[nn.Module, int]:
+    """{module: channels of its input}, read in one forward pass of zeros (a pool does not know its width):
+    `example`'s shape, else 224 then 64 px (DiCENet runs only at the size it was built for). A model that
+    runs at none of them keeps those modules as they are (empty result)."""
+    if not modules:
+        return {}
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    cin = first.in_channels if first is not None else 3
+    shapes = [tuple(example.shape)] if example is not None else [(1, cin, 224, 224), (1, cin, 64, 64)]
+    seen: dict[nn.Module, int] = {}
+
+    def record(mod, args) -> None:  # returns None: a pre-hook's return value would replace the input
+        seen.setdefault(mod, args[0].shape[1])
+
+    hooks = [m.register_forward_pre_hook(record) for m in modules]
+    try:
+        for shape in shapes:
+            try:
+                with torch.no_grad():
+                    model(torch.zeros(shape))
+                return seen
+            except Exception:  # noqa: BLE001 — an input this model refuses: try the next size
+                seen.clear()
+        return {}
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _same_pad_convs(model: nn.Module) -> None:

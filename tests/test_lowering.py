@@ -13,9 +13,9 @@ from torch import nn
 import lwdeploy.models as zoo
 from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
-from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d, QuantHardSigmoid,
-                                            QuantHardSwish, ScaledReLU6, TFSameConv2d, TiledDepthwiseConv2d, _is_same,
-                                            lower)
+from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d,
+                                            IncludePadAvgPoolConv, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
+                                            TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
              "mobilenet_v2_100"]
@@ -153,13 +153,17 @@ def test_executorch_include_pad_avg_pool_is_pad_then_pool(k, s, p, size):
     lowered = lower(model, "executorch", int8=False)
     assert isinstance(lowered[1], IncludePadAvgPool2d)
     torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
-    assert type(lower(model, "executorch")[1]) is nn.AvgPool2d              # int8: XNNPACK cannot load it
+    # int8: XNNPACK cannot load an int8 PAD there; the pool is the depthwise conv it is (weights 1/k²)
+    conv = lower(model, "executorch", example=x)[1]
+    assert isinstance(conv, IncludePadAvgPoolConv) and conv.groups == conv.in_channels == 4
+    torch.testing.assert_close(lower(model, "executorch", example=x)(x), model(x), atol=1e-6, rtol=1e-5)
     assert type(lower(model, "tflite", int8=False)[1]) is nn.AvgPool2d      # PAD + AVERAGE_POOL_2D already
     unpadded = nn.Sequential(nn.AvgPool2d(2, 2))
     assert type(lower(unpadded, "executorch", int8=False)[0]) is nn.AvgPool2d
 
 
-def test_executorch_include_pad_avg_pool_is_delegated(tmp_path):
+@pytest.mark.parametrize("int8", [False, True])
+def test_executorch_include_pad_avg_pool_is_delegated(tmp_path, int8):
     pytest.importorskip("executorch", reason="executorch not installed")
     from lwdeploy.converters import get_converter
     from lwdeploy.converters.base import ExportRequest
@@ -168,9 +172,12 @@ def test_executorch_include_pad_avg_pool_is_delegated(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, 2, 1), nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(1, 3, 16, 16)
-    req = ExportRequest(lower(model, "executorch", int8=False), x, get_info("mobilenet_v2_100"), tmp_path / "m.pte")
-    details = get_converter("executorch").convert(req).details
-    assert details["delegate_partitions"] == 1 and not details["ops_outside_delegate"], details
+    req = ExportRequest(lower(model, "executorch", int8=int8, example=x), x, get_info("mobilenet_v2_100"),
+                        tmp_path / "m.pte", int8=int8, calib=[torch.randn(1, 3, 16, 16) for _ in range(4)] if int8 else [])
+    conv = get_converter("executorch")
+    result = conv.convert(req)
+    assert result.details["delegate_partitions"] == 1 and not result.details["ops_outside_delegate"], result.details
+    assert conv.verify(result.path, x, model(x)).checks["loads"] == "ok"
 
 
 def _aten_ops(model: nn.Module, x: torch.Tensor) -> set[str]:

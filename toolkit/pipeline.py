@@ -174,12 +174,12 @@ def prune_model(model, ratio: float, example: torch.Tensor):
     return prune(model, ratio, example)
 
 
-def lower_for(model, target: str, int8: bool):
+def lower_for(model, target: str, int8: bool, example=None):
     """Stage 3: rewrite blocks into the forms `target` runs fast (int8: clamps and 4-D constants; float: the
     runtime's native hard-swish). Returns a copy; the caller's model is untouched."""
     from lwdeploy.quantization.lowering import lower
 
-    return lower(model, target, int8=int8)
+    return lower(model, target, int8=int8, example=example)
 
 
 def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | Path = DEFAULT_OUT,
@@ -338,7 +338,7 @@ def _convert(target, net, info, example, images, out_path, plan, say=None, quant
         conv = get_converter(target)
     if lowered is None:
         with timer("lower"):
-            lowered = quantized.module if quantized is not None else lower_for(net, target, plan.int8)
+            lowered = quantized.module if quantized is not None else lower_for(net, target, plan.int8, example)
     req = ExportRequest(lowered, example, info, out_path, int8=plan.int8,
                         calib=images.calib_batches() if plan.int8 and quantized is None else [],
                         options={k: v for k, v in plan.options.items() if v is not None}, quantized=quantized)
@@ -368,7 +368,7 @@ def _shared_quantization(targets, net, example, images, plan, say=None) -> _Shar
         say(f"{' + '.join(targets)}: lowering and quantizing once for all of them")
     timer = StageTimer()
     with timer("lower"):
-        lowered = lower_for(net, targets[0], plan.int8)
+        lowered = lower_for(net, targets[0], plan.int8, example)
     with shared_node_provenance():  # cheaper torch.export / prepare_pt2e (converters/provenance.py)
         quantized = quantize(lowered, example, targets[0], images.calib_batches(), timings=timer,
                              **export_options(plan.options))
