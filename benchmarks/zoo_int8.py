@@ -60,7 +60,7 @@ def bench(model: str, by_target: dict, args) -> dict:
     res = any_manifest["model"]["resolution"]
     x = torch.rand(1, 3, res, res)
     runners, row = {}, {"model": model, "family": any_manifest["model"]["family"], "cnn": is_cnn(any_manifest),
-                        "resolution": res, "targets": {}}
+                        "resolution": res, "timed": time.strftime("%Y-%m-%d %H:%M"), "targets": {}}
     for target, precisions in by_target.items():
         for precision, m in precisions.items():
             path = Path(m["artifact"]["path"])
@@ -108,7 +108,7 @@ def markdown(report: dict) -> str:
              "statistics from photos, top-1 agreement on the matrix's held-out crops). Targets (issue #4): "
              f"int8 ≤ {LATENCY_TARGET}× float latency, ≤ {SIZE_TARGET}× size, ≤ 1 TRANSPOSE, one partition." +
              (f" Re-timed in this run: {', '.join(r['model'] for r in report['rows'] if r['model'] not in meta['earlier_rows']['models'])}"
-              f"; the other rows are from the run of {meta['earlier_rows']['date']}."
+              f"; the other rows are from the earlier run(s) of {', '.join(meta['earlier_rows']['dates'])}."
               if meta.get("earlier_rows") else ""), "",
              "| model | target | fp32 ms | int8 ms | int8/fp32 | size ×fp32 | of which qparams | TRANSPOSE | QUANTIZE "
              "| DEQUANTIZE | partitions | int8 top-1 agree | int8 SQNR dB |",
@@ -158,11 +158,13 @@ def _keep_earlier_rows(report: dict, earlier: Path, models) -> None:
     if not models or not earlier.is_file():
         return
     old = json.loads(earlier.read_text())
+    for r in old["rows"]:  # rows that were themselves kept from an earlier run keep that run's date
+        r.setdefault("timed", old["meta"].get("date"))
     new = {r["model"]: r for r in report["rows"]}
-    kept = [r["model"] for r in old["rows"] if r["model"] not in new]
+    kept = [r for r in old["rows"] if r["model"] not in new]
     report["rows"] = [new.pop(r["model"], r) for r in old["rows"]] + list(new.values())
-    report["meta"]["earlier_rows"] = {"models": kept, "date": old["meta"].get("date"),
-                                      "matrix": old["meta"].get("matrix")}
+    report["meta"]["earlier_rows"] = {"models": [r["model"] for r in kept],
+                                      "dates": sorted({r["timed"] for r in kept if r.get("timed")})}
 
 
 def main(argv=None) -> int:
