@@ -22,7 +22,6 @@ import argparse
 import collections
 import contextlib
 import copy
-import json
 import os
 import platform
 import sys
