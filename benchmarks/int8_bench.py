@@ -435,9 +435,11 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     return row
 
 
-def fashion_markdown(rows: list[dict]) -> str:
-    lines = ["| model | px | training | float acc % | target | int8 acc % | drop pt | allowed pt | met | "
-             "int8/float top-1 agreement |", "|---|---|---|---|---|---|---|---|---|---|"]
+def fashion_markdown(rows: list[dict], describe: str = "") -> str:
+    lines = ([describe.strip(), ""] if describe.strip() else []) + [
+        "| model | px | training | float acc % | target | int8 acc % | drop pt | allowed pt | met | "
+        "int8/float top-1 agreement |", "|---|---|---|---|---|---|---|---|---|---|"]
+    cells = [(r, t, v) for r in rows if "error" not in r for t, v in r["targets"].items() if "error" not in v]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | | | | | FAILED: {r['error']} | | | | |")
@@ -451,6 +453,12 @@ def fashion_markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r['resolution']} | {tr} | {r['float_acc']:.2f} | {target} | "
                          f"{v['int8_acc']:.2f} | {v['drop_pt']:+.2f} | {r['tolerance_pt']} | "
                          f"{'yes' if v['met'] else 'no'} | {v['top1_agreement']:.3f} |")
+    if cells:
+        lines += ["", "Met (int8 accuracy within the allowed drop of float): " + "; ".join(
+            f"{t} {sum(v['met'] for _, tt, v in cells if tt == t)}/{sum(tt == t for _, tt, _ in cells)}"
+            for t in dict.fromkeys(t for _, t, _ in cells)) + (f"; {len(rows) - len({r['model'] for r, _, _ in cells})}"
+                                                              " model(s) failed, see the rows" if
+                                                              len({r['model'] for r, _, _ in cells}) < len(rows) else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -551,6 +559,9 @@ def main(argv=None) -> int:
     p.add_argument("--fashion-epochs", type=int, default=1)
     p.add_argument("--fashion-train", type=int, default=20000, help="training images (first N of the train split)")
     p.add_argument("--fashion-test", type=int, default=10000, help="test images (first N of the test split)")
+    p.add_argument("--from-json", type=Path, nargs="+", help="with --fashion: no run, the table of these earlier "
+                                                              "runs' JSON files (rows in the order given)")
+    p.add_argument("--describe", default="", help="with --fashion: a paragraph put above the table in --docs")
     args = p.parse_args(argv)
     global KEEP_FLOAT_BUDGET, WEIGHT_ROUNDING, BIAS_CORRECTION
     KEEP_FLOAT_BUDGET = args.keep_float_budget
@@ -573,6 +584,15 @@ def main(argv=None) -> int:
 
     console = Console(stderr=True)
     rows = []
+    if args.fashion and args.from_json:  # the table of earlier --fashion runs (e.g. model lists split over processes)
+        import json
+
+        rows = [r for f in args.from_json for r in json.loads(f.read_text())["rows"]]
+        table = fashion_markdown(rows, args.describe)
+        if args.docs:
+            write_docs(args.docs, fashion=table)
+        print(table)
+        return 0
     bench = bench_fashion if args.fashion else bench_model
     with tempfile.TemporaryDirectory() as d, console.status("starting") as status:
         for name in names:
@@ -592,7 +612,7 @@ def main(argv=None) -> int:
     kind = "int8_fashion" if args.fashion else "int8"
     write_json(args.out / f"{kind}_{stamp}.json", {"meta": meta, "rows": rows})
     if args.fashion:
-        table = fashion_markdown(rows)
+        table = fashion_markdown(rows, args.describe)
         (args.out / f"{kind}_{stamp}.md").write_text(table)
         if args.docs:
             write_docs(args.docs, fashion=table)
