@@ -10,8 +10,9 @@ original network with the removed channels zeroed out must compute the same logi
 (exact for per-channel normalisation and activations with f(0)=0, which is every block in the zoo). A wrong
 index mapping (e.g. through a channel shuffle the tracer misread) changes the logits and is reported.
 
-Checkpoints (`save_pruned` / `load_pruned`) record the model name, its overrides, the pruning settings and
-Torch-Pruning's pruning history (module name, in/out, channel indices) beside the state dict — plain
+Checkpoints (`save_pruned` / `load_pruned`) record the model name, its overrides, the pruning settings,
+ShuffleNet v2's trunk selections (shuffle_trunk.py) and Torch-Pruning's pruning history (module name, in/out,
+channel indices) beside the state dict — plain
 dicts/lists/tensors only, loadable with weights_only=True — so the exact pruned shapes are rebuilt by
 replaying the history on a freshly built model.
 """
