@@ -416,7 +416,7 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     for target in targets:
         say(f"{name} / {target}: int8 export + {len(x_test)} test images")
         try:
-            src = lower(model, target, int8=True)
+            src = lower(model, target, int8=True, example=example)
             if target == "tflite":
                 with contextlib.redirect_stdout(sys.stderr):
                     path = export_tflite(src, example, work / f"{name}_fashion.tflite", int8=True, calib=calib)
