@@ -267,7 +267,7 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
             for kind in ["float", "int8"] + (["int8_adaround"] if both else []) + (["vendor_int8"] if vendor else []):
                 int8 = kind != "float"
                 rounding = "adaround" if kind == "int8_adaround" else ("nearest" if both else None)
-                src = model if kind == "vendor_int8" else lower(model, target, int8=int8)
+                src = model if kind == "vendor_int8" else lower(model, target, int8=int8, example=example)
                 t0 = time.perf_counter()
                 if target == "tflite":
                     with contextlib.redirect_stdout(sys.stderr):     # litert-torch prints progress on stdout
@@ -338,7 +338,7 @@ def _simulated(row, model, images, example, calib, reference, targets, say, subs
         for rounding in roundings:
             say(f"{row['model']} / {target}: simulated int8, {rounding} rounding")
             t0, c0 = time.perf_counter(), time.process_time()
-            qm = quantize(lower(model, target, int8=True), example, target, calib,
+            qm = quantize(lower(model, target, int8=True, example=example), example, target, calib,
                           keep_float_budget=KEEP_FLOAT_BUDGET, weight_rounding=rounding,
                           bias_correction=BIAS_CORRECTION)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
