@@ -290,7 +290,7 @@ def latency_stage(name: str, args, console) -> dict:
                 t0 = time.perf_counter()
                 try:
                     console.log(f"{name} {key}: {target} int8 @ {res} px")
-                    req = ExportRequest(lower_for(m.eval(), target, int8=True), x, info, path, int8=True,
+                    req = ExportRequest(lower_for(m.eval(), target, True, x), x, info, path, int8=True,
                                         calib=calib)
                     result = conv.convert(req)
                     cell["convert_s"] = round(time.perf_counter() - t0, 1)
