@@ -30,8 +30,8 @@ def _node_paths(node: torch.fx.Node) -> list[str]:
 
 def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
     """Module paths of the depthwise convolutions that ExecuTorch's XNNPACK runs slower in int8 than in float:
-    5×5 kernels, and channel multipliers (out > in; MicroNet-M0 int8 1.41 → 1.27 ms with them float, CPU
-    time, 1 thread, interleaved; SQNR vs float 15.35 → 15.75 dB).
+    5×5 kernels, and channel multipliers (out > in; MicroNet-M0 int8/float 1.20 → 1.15×, docs/int8_zoo.md;
+    SQNR vs float 15.35 → 15.75 dB in its export's fidelity check).
 
     Its int8 depthwise kernel with 10-25 taps (5×5) took 1.63× its float time, while 3×3 is at par (1.05×) and
     TFLite's int8 5×5 is 0.96× (`python benchmarks/depthwise_int8.py`, 1 thread). Kept float inside the int8
