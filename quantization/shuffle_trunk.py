@@ -75,7 +75,7 @@ def _shuffle_perm(shuffle: nn.Module, width: int) -> list[int]:
         return shuffle(torch.arange(width, dtype=torch.float32).view(1, width, 1, 1)).view(-1).round().long().tolist()
 
 
-def _simulate(stage: nn.Sequential, half: int):
+def _simulate(stage: nn.Sequential, half: int) -> tuple[dict, dict]:
     """Lane labels through a stage of half-width `half`: ({lane: fate}, {lane: column at its consumer}).
 
     A lane is (unit index, "branch1" | "branch2", j): output channel j of that unit's branch. Its fate is
@@ -94,19 +94,18 @@ def _simulate(stage: nn.Sequential, half: int):
         trunk = [cat[i] for i in _shuffle_perm(unit.shuffle, 2 * half)]
     for col, lane in enumerate(trunk):
         fate[lane], column[lane] = len(units), col
-    return fate, column, trunk
+    return fate, column
 
 
 def _producers(stage: nn.Sequential) -> list[tuple[int, str]]:
     return [(0, "branch1"), (0, "branch2")] + [(k, "branch2") for k in range(1, len(stage))]
 
 
-def _assign(stage, half: int, new_half: int, importance) -> dict | None:
-    """{producer: kept original channel per pruned slot}, or None when some fate has too few lanes."""
-    fate, _, _ = _simulate(stage, half)
-    new_fate, _, _ = _simulate(stage, new_half)
+def _assign(fate: dict, new_fate: dict, half: int, new_half: int, scores: dict) -> dict | None:
+    """{producer: kept original channel per pruned slot}, or None when some fate has too few lanes.
+    `fate` / `new_fate`: _simulate's at the original / pruned half-width; `scores`: {producer: importance}."""
     keep = {}
-    for k, branch in _producers(stage):
+    for (k, branch), score in scores.items():
         by_fate: dict[int, list[int]] = {}
         for j in range(half):
             by_fate.setdefault(fate[(k, branch, j)], []).append(j)
@@ -114,7 +113,6 @@ def _assign(stage, half: int, new_half: int, importance) -> dict | None:
         for j in range(new_half):
             slots.setdefault(new_fate[(k, branch, j)], []).append(j)
         chosen = [0] * new_half
-        score = importance(k, branch)
         for f, js in slots.items():
             pool = by_fate.get(f, [])
             if len(pool) < len(js):
@@ -130,10 +128,9 @@ def _producer_block(stage: nn.Sequential, k: int, branch: str) -> nn.Module:
     return getattr(list(stage.children())[k], branch)[-1]
 
 
-def _lane_importance(stage, consumer, half: int, how: str):
-    """score(k, branch) → tensor[half]: magnitude of the producer's output channel plus its consumer's input
-    column, each normalised by its layer's mean so a wide consumer does not outvote the producer."""
-    fate, column, _ = _simulate(stage, half)
+def _lane_importance(stage, consumer, fate: dict, column: dict, half: int, how: str) -> dict:
+    """{producer (k, branch): tensor[half]}: magnitude of the producer's output channel plus its consumer's
+    input column, each normalised by its layer's mean so a wide consumer does not outvote the producer."""
     units = list(stage.children())
 
     def norm(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -157,7 +154,7 @@ def _lane_importance(stage, consumer, half: int, how: str):
             s[j] += consumer_cols[f][col] if f < len(units) else sum(c[col] for c in end_cols) / len(end_cols)
         return s
 
-    return score
+    return {(k, branch): score(k, branch) for k, branch in _producers(stage)}
 
 
 def _end_consumer_convs(consumer: nn.Module) -> list[nn.Conv2d]:
@@ -183,10 +180,12 @@ def plan(model: nn.Module, ratio: float, round_to: int, importance: str = "l1") 
         half = units[0].branch2[-1].conv.out_channels
         if units[0].branch1[-1].conv.out_channels != half or any(u.split != [half, half] for u in units[1:]):
             continue  # not the shape this planner knows (odd widths): keep the trunk whole
-        keep, score = None, _lane_importance(stage, consumer, half, importance)
-        new_half = _keep_count(half, ratio, round_to)
+        fate, column = _simulate(stage, half)
+        scores = _lane_importance(stage, consumer, fate, column, half, importance)
+        keep, new_half = None, _keep_count(half, ratio, round_to)
         while new_half < half:
-            keep = _assign(stage, half, new_half, score)
+            new_fate, new_column = _simulate(stage, new_half)
+            keep = _assign(fate, new_fate, half, new_half, scores)
             if keep is not None:
                 break
             new_half += round_to
@@ -198,8 +197,6 @@ def plan(model: nn.Module, ratio: float, round_to: int, importance: str = "l1") 
             result.selections.append([name, "out", chosen])
             result.dropped[name] = sorted(set(range(half)) - set(chosen))
         # consumers: what each slot of the pruned stage reads, mapped to the original column
-        _, column, _ = _simulate(stage, half)
-        new_fate, new_column, new_end = _simulate(stage, new_half)
         reads: dict[int, list] = {}
         for lane, f in new_fate.items():
             reads.setdefault(f, []).append(lane)
