@@ -316,7 +316,7 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     _tile_large_depthwise(out)
     if target == "executorch":
         if int8:
-            channels = _input_channels(out, [m for m in out.modules() if _is_padded_avg_pool(m, True)], example)
+            channels = input_channels(out, [m for m in out.modules() if _is_padded_avg_pool(m, True)], example)
             _replace_padded_avg_pools(out, True, lambda pool: IncludePadAvgPoolConv(pool, channels[pool])
                                       if pool in channels else pool)
         else:
@@ -388,7 +388,7 @@ def _replace_padded_avg_pools(model: nn.Module, count_include_pad: bool, form) -
                 setattr(parent, name, form(child))
 
 
-def _input_channels(model: nn.Module, modules: list[nn.Module], example: torch.Tensor | None) -> dict[nn.Module, int]:
+def input_channels(model: nn.Module, modules: list[nn.Module], example: torch.Tensor | None) -> dict[nn.Module, int]:
     """{module: channels of its input}, read in one forward pass of zeros (a pool does not know its width):
     `example`'s shape, else 224 then 64 px (DiCENet runs only at the size it was built for). A model that
     runs at none of them keeps those modules as they are (empty result)."""

@@ -238,25 +238,14 @@ def _swap_shuffles(model: nn.Module, example: torch.Tensor) -> dict[str, nn.Modu
     found = {n: m for n, m in model.named_modules() if n and _is_shuffle(m)}
     if not found:
         return {}
-    widths: dict[str, int] = {}
-    def record(name):
-        def hook(mod, inp, out):  # returns None: a hook's return value would replace the output
-            widths.setdefault(name, inp[0].shape[1])
-        return hook
+    from .lowering import input_channels
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in found.items()]
-    with torch.no_grad():
-        model(example)
-    for h in hooks:
-        h.remove()
+    widths = input_channels(model, list(found.values()), example)
     for name, m in found.items():
-        if name not in widths:
-            continue
-        c = widths[name]
-        with torch.no_grad():
-            perm = m(torch.arange(c, dtype=torch.float32).view(1, c, 1, 1)).view(-1).round().long()
-        _set_submodule(model, name, _ShuffleStandIn(perm))
-    return {n: m for n, m in found.items() if n in widths}
+        if m in widths:
+            perm = shuffle_trunk.shuffle_permutation(m, widths[m])
+            _set_submodule(model, name, _ShuffleStandIn(torch.as_tensor(perm)))
+    return {n: m for n, m in found.items() if m in widths}
 
 
 def _restore_shuffles(model: nn.Module, originals: dict[str, nn.Module]) -> None:

@@ -69,7 +69,7 @@ def _is_plain_conv_bn(m: nn.Module) -> bool:
     return isinstance(conv, nn.Conv2d) and conv.groups == 1 and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)
 
 
-def _shuffle_perm(shuffle: nn.Module, width: int) -> list[int]:
+def shuffle_permutation(shuffle: nn.Module, width: int) -> list[int]:
     """out[i] = in[perm[i]], read off the module itself (so any group count or layout is followed)."""
     with torch.no_grad():
         return shuffle(torch.arange(width, dtype=torch.float32).view(1, width, 1, 1)).view(-1).round().long().tolist()
@@ -85,13 +85,13 @@ def _simulate(stage: nn.Sequential, half: int) -> tuple[dict, dict]:
     units = list(stage.children())
     fate, column = {}, {}
     trunk = [(0, "branch1", j) for j in range(half)] + [(0, "branch2", j) for j in range(half)]
-    trunk = [trunk[i] for i in _shuffle_perm(units[0].shuffle, 2 * half)]
+    trunk = [trunk[i] for i in shuffle_permutation(units[0].shuffle, 2 * half)]
     for k, unit in enumerate(units[1:], start=1):
         x1, x2 = trunk[:half], trunk[half:]
         for col, lane in enumerate(x2):
             fate[lane], column[lane] = k, col
         cat = x1 + [(k, "branch2", j) for j in range(half)]
-        trunk = [cat[i] for i in _shuffle_perm(unit.shuffle, 2 * half)]
+        trunk = [cat[i] for i in shuffle_permutation(unit.shuffle, 2 * half)]
     for col, lane in enumerate(trunk):
         fate[lane], column[lane] = len(units), col
     return fate, column
