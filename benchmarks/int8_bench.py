@@ -442,28 +442,29 @@ def fashion_markdown(rows: list[dict], describe: str = "") -> str:
     cells = [(r, t, v) for r in rows if "error" not in r for t, v in r["targets"].items() if "error" not in v]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | | | | | FAILED: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | | | | | FAILED: {r['error']} | | | | | |")
             continue
         tr = f"{r['train']['epochs']} ep × {r['train']['images']} img, {r['train']['cpu_s']:.0f} CPU s"
         for target, v in r["targets"].items():
             if "error" in v:
                 lines.append(f"| {r['model']} | {r['resolution']} | {tr} | {r['float_acc']:.2f} | {target} | FAILED: "
-                             f"{v['error']} | | | | |")
+                             f"{v['error']} | | | | | |")
                 continue
             lines.append(f"| {r['model']} | {r['resolution']} | {tr} | {r['float_acc']:.2f} | {target} | "
                          f"{v['int8_acc']:.2f} | {v['drop_pt']:+.2f} | {_drop_se(r, v):.2f} | {r['tolerance_pt']} | "
                          f"{'yes' if v['met'] else 'no'} | {v['top1_agreement']:.3f} |")
-    if cells:
-        noise = [(r, t, v) for r, t, v in cells if not v["met"] and v["drop_pt"] - _drop_se(r, v) <= r["tolerance_pt"]]
-        lines += ["", "Met (int8 accuracy within the allowed drop of float): " + "; ".join(
-            f"{t} {sum(v['met'] for _, tt, v in cells if tt == t)}/{sum(tt == t for _, tt, _ in cells)}"
-            for t in dict.fromkeys(t for _, t, _ in cells)) + (f"; {len(rows) - len({r['model'] for r, _, _ in cells})}"
-                                                              " model(s) failed, see the rows" if
-                                                              len({r['model'] for r, _, _ in cells}) < len(rows) else ""),
-                  "", "± s.e.: the standard error of the drop, an upper bound from the paired test (int8 and float "
-                      "on the same images): 100·√(images on which they disagree)/images. Misses within one s.e. of "
-                      f"the allowed drop: {len(noise)} of {sum(not v['met'] for _, _, v in cells)}" +
-                  (" (" + ", ".join(r["model"] + " " + t for r, t, _ in noise) + ")" if noise else "") + "."]
+    if not cells:
+        return "\n".join(lines) + "\n"
+    per_target = "; ".join(f"{t} {sum(v['met'] for _, tt, v in cells if tt == t)}/{sum(tt == t for _, tt, _ in cells)}"
+                           for t in dict.fromkeys(t for _, t, _ in cells))
+    failed = len(rows) - len({r["model"] for r, _, _ in cells})
+    misses = [(r, t, v) for r, t, v in cells if not v["met"]]
+    noise = [f"{r['model']} {t}" for r, t, v in misses if v["drop_pt"] - _drop_se(r, v) <= r["tolerance_pt"]]
+    lines += ["", "Met (int8 accuracy within the allowed drop of float): " + per_target +
+              (f"; {failed} model(s) failed, see the rows" if failed else ""),
+              "", "± s.e.: the standard error of the drop, an upper bound from the paired test (int8 and float on "
+                  "the same images): 100·√(images on which they disagree)/images. Misses within one s.e. of the "
+                  f"allowed drop: {len(noise)} of {len(misses)}" + (f" ({', '.join(noise)})" if noise else "") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -608,12 +609,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as d, console.status("starting") as status:
         for name in names:
             say = lambda m: (status.update(m), console.log(m))  # noqa: E731
-            if not args.fashion:
-                rows.append(bench(name, targets, args, Path(d), say))
-                continue
-            try:  # one model that cannot be trained or exported is a row of the table, not the end of the run
+            try:
                 rows.append(bench(name, targets, args, Path(d), say))
             except Exception as e:  # noqa: BLE001
+                if not args.fashion:
+                    raise
+                # --fashion: a model that cannot be trained or exported is a row of the table, not the end of the run
                 rows.append({"model": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"})
                 say(f"{name}: FAILED — {rows[-1]['error']}")
     args.out.mkdir(parents=True, exist_ok=True)
