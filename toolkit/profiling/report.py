@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -81,8 +82,6 @@ def by_module(report: dict, depth: int = 2) -> list[tuple[str, float]]:
 def kernel_class(layer: dict) -> str:
     """What ran for a layer, without data types or layouts: XNNPACK's 'Convolution (NHWC, QC8) DWConv' and
     'Convolution (NHWC, F32) DWConv' are both 'Convolution DWConv', so float and int8 reports line up."""
-    import re
-
     names = layer.get("kernels") or [layer.get("op_type") or "?"]
     return " + ".join(dict.fromkeys(re.sub(r"\s*\([^)]*\)", "", n).strip() or n for n in names))
 
