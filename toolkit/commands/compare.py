@@ -28,8 +28,9 @@ def compare(reports, depth, by, top, html_out):
     loaded = [load_report(p) for p in reports]
     names = [p.stem for p in reports]
     labels, rows = compare_rows(loaded, depth, by)
-    width = max(len(m) for m, _ in rows[: top + 1])
-    click.echo(f"{'module' if by == 'module' else 'kernel class':<{width}}  " + "  ".join(f"{n[:18]:>18}" for n in names))
+    head = "module" if by == "module" else "kernel class"
+    width = max(len(head), *(len(m) for m, _ in rows[: top + 1]))
+    click.echo(f"{head:<{width}}  " + "  ".join(f"{n[:18]:>18}" for n in names))
     click.echo(f"{'':<{width}}  " + "  ".join(f"{l[:18]:>18}" for l in labels))
     for mod, vals in rows[: top + 1]:
         click.echo(f"{mod:<{width}}  " + "  ".join(f"{v:>18.3f}" if v is not None else f"{'—':>18}" for v in vals))
