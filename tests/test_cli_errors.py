@@ -135,3 +135,22 @@ def test_keep_float_options_checked_before_work(cli, tmp_path, args, says):
     code, _, err = cli("export", "mobilenet_v3_small_100", *args, "--out", tmp_path / "o")
     assert says in _one_line_error(code, err)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_input_too_small_names_the_smallest_size(cli, tmp_path):
+    # SqueezeNet 1.0's unpadded 7×7 stem and three max-pools leave its last pool a 2×2 map at 32 px
+    code, _, err = cli("export", "squeezenet_1_0", "--resolution", "32", "--out", tmp_path / "o")
+    line = _one_line_error(code, err)
+    assert "squeezenet_1_0 does not run at 32×32 px" in line and "--resolution 35 or more" in line
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_smallest_resolution_is_the_boundary():
+    from lwdeploy.models import create
+    from lwdeploy.models.input_size import forward_error, smallest_resolution
+
+    net = create("squeezenet_1_0").train()
+    assert smallest_resolution(net, 16, 224) == 35
+    assert forward_error(net, 35) is None and "too small" in forward_error(net, 34)
+    assert net.training  # the probe leaves the mode as it found it
+    assert smallest_resolution(create("squeezenet_1_0"), 16, 30) is None  # fails even at the upper end

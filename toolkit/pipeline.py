@@ -130,6 +130,21 @@ def build_model(plan: ExportPlan):
                       pretrained=plan.pretrained, resolution=plan.resolution)
 
 
+def check_input_size(net, info, res: int) -> None:
+    """The model runs at `res` px, or a one-line error that names the smallest size it does run at."""
+    from lwdeploy.models.input_size import forward_error, smallest_resolution
+
+    error = forward_error(net, res)
+    if error is None:
+        return
+    smallest = None
+    if res < info.resolution and "input-size-bound" not in info.tags:  # bound nets are rebuilt per size
+        smallest = smallest_resolution(net, res + 1, info.resolution)
+    hint = (f"pass --resolution {smallest} or more" if smallest else
+            f"pass the input size the model was built for (--resolution; its default is {info.resolution})")
+    raise LwdeployError(f"{info.name} does not run at {res}×{res} px ({error})", hint)
+
+
 def _lwdeploy_checkpoint(plan: ExportPlan) -> Path | None:
     """The lwdeploy checkpoint this plan names, as MODEL or as --weights (plain state dicts: None)."""
     from lwdeploy.quantization.pruning import is_pruned_checkpoint
@@ -220,6 +235,8 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
     with shared("build_model"):
         net, info = build_model(plan)
     res = plan.resolution or info.resolution
+    with shared("check_input_size"):
+        check_input_size(net, info, res)
     with shared("load_images"):
         images = calibration.load(plan.calib, res, info.mean, info.std, plan.calib_samples, plan.heldout_samples,
                                   plan.seed)
