@@ -579,7 +579,8 @@ def main(argv=None) -> int:
     p.add_argument("--fashion-train", type=int, default=20000, help="training images (first N of the train split)")
     p.add_argument("--fashion-test", type=int, default=10000, help="test images (first N of the test split)")
     p.add_argument("--from-json", type=Path, nargs="+", help="with --fashion: no run, the table of these earlier "
-                                                              "runs' JSON files (rows in the order given)")
+                                                              "runs' JSON files (rows in the order given; a "
+                                                              "later file's row for a model replaces an earlier one)")
     p.add_argument("--describe", default="", help="with --fashion: a paragraph put above the table in --docs")
     args = p.parse_args(argv)
     global KEEP_FLOAT_BUDGET, WEIGHT_ROUNDING, BIAS_CORRECTION
@@ -606,7 +607,10 @@ def main(argv=None) -> int:
     if args.fashion and args.from_json:  # the table of earlier --fashion runs (e.g. model lists split over processes)
         import json
 
-        rows = [r for f in args.from_json for r in json.loads(f.read_text())["rows"]]
+        by_model: dict[str, dict] = {}  # a later file's row for a model replaces the earlier one, in its place
+        for f in args.from_json:
+            by_model.update({r["model"]: r for r in json.loads(f.read_text())["rows"]})
+        rows = list(by_model.values())
         table = fashion_markdown(rows, args.describe)
         if args.docs:
             write_docs(args.docs, fashion=table)

@@ -429,3 +429,24 @@ def test_executorch_int8_leaves_5x5_depthwise_float_and_tflite_does_not():
     assert "float_depthwise" not in tfl.scheme
     per_channel = lambda gm: sum("dequantize_per_channel" in o for o in _ops(gm))   # noqa: E731
     assert (per_channel(et.module), per_channel(tfl.module)) == (2, 3)      # stem + 3×3; TFLite: the 5×5 too
+
+
+def test_fashion_table_from_json_rerun_replaces_row_in_place(tmp_path, capsys):
+    import json
+
+    from benchmarks.int8_bench import main
+
+    def row(model, acc):
+        return {"model": model, "resolution": 32, "fashion": True, "float_acc": acc, "tolerance_pt": 0.3,
+                "train": {"epochs": 1, "images": 100, "wall_s": 1.0, "cpu_s": 1.0}, "test_images": 100,
+                "targets": {"tflite": {"int8_acc": acc, "drop_pt": 0.0, "met": True, "top1_agreement": 1.0}}}
+
+    first, rerun = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"rows": [row("aa", 50.0), {"model": "bb", "error": "RuntimeError: too small"},
+                                          row("cc", 70.0)]}))
+    rerun.write_text(json.dumps({"rows": [row("bb", 60.0)]}))
+    assert main(["--fashion", "--from-json", str(first), str(rerun)]) == 0
+    out = capsys.readouterr().out
+    models = [ln.split("|")[1].strip() for ln in out.splitlines() if ln.startswith("| ")][1:]
+    assert models == ["aa", "bb", "cc"]  # bb's re-run row, in bb's place; its FAILED row is gone
+    assert "FAILED" not in out and "| 60.00 |" in out
