@@ -26,7 +26,8 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   average (`IncludePadAvgPool2d`): XNNPACK's pooling never counts padding, so the partitioner left the
   original outside the delegate (DiCENet: 3 pools, 4 partitions → 1). Not in int8: XNNPACK has no int8
   average pooling, and the int8 program with a pad before a float pool fails to load ("Failed to create
-  StaticConstantPad node … xnn_status_invalid_parameter").
+  StaticConstantPad node … xnn_status_invalid_parameter"). int8 writes such pools, and unpadded ones of ≤ 25
+  taps (CondenseNet's), as the depthwise conv they are (`AvgPoolDepthwiseConv`).
 * TFLite only: explicit `nn.ZeroPad2d` / `nn.ConstantPad2d(…, 0)` directly before a convolution in a
   Sequential is folded into the convolution's padding when symmetric (one PAD op less).
 * TFLite and ExecuTorch: a depthwise convolution with more than 25 taps (MixNet's 7×7, 9×9, 11×11) becomes
@@ -186,9 +187,9 @@ class IncludePadAvgPool2d(nn.Module):
         return F.avg_pool2d(F.pad(x, self.pad), self.kernel_size, self.stride, 0)
 
 
-class IncludePadAvgPoolConv(nn.Conv2d):
-    """AvgPool2d(count_include_pad=True) as the depthwise conv it is: every weight 1/(kh·kw), zero padding
-    (exact; its int8 weights are exact too: one value per channel). For ExecuTorch int8: the pad + pool form
+class AvgPoolDepthwiseConv(nn.Conv2d):
+    """AvgPool2d (counting its padding, or unpadded) as the depthwise conv it is: every weight 1/(kh·kw), zero
+    padding (exact; its int8 weights are exact too: one value per channel). For ExecuTorch int8: the pad + pool form
     above made XNNPACK fail at load ("Failed to create StaticConstantPad node"), so the pool ran on a
     portable kernel between partitions; an int8 depthwise conv is an ordinary delegated DWConv. DiCENet-0.5
     int8: 4 partitions → 1, 2.25× → ~1.0× its float time (docs/int8_zoo.md)."""
@@ -316,9 +317,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     _tile_large_depthwise(out)
     if target == "executorch":
         if int8:
-            channels = input_channels(out, [m for m in out.modules() if _is_padded_avg_pool(m, True)], example)
-            _replace_padded_avg_pools(out, True, lambda pool: IncludePadAvgPoolConv(pool, channels[pool])
-                                      if pool in channels else pool)
+            channels = input_channels(out, [m for m in out.modules() if _is_conv_like_avg_pool(m)], example)
+            _replace_modules(out, lambda m: m in channels, lambda pool: AvgPoolDepthwiseConv(pool, channels[pool]))
         else:
             _replace_padded_avg_pools(out, True, IncludePadAvgPool2d)
     if target == "tflite":
@@ -380,27 +380,45 @@ def _is_padded_avg_pool(m: nn.Module, count_include_pad: bool) -> bool:
             and m.divisor_override is None and m.padding not in (0, (0, 0)))
 
 
+def _is_conv_like_avg_pool(m: nn.Module) -> bool:
+    """An nn.AvgPool2d that equals a depthwise conv of ≤ 25 taps (or a padded one that counts its padding).
+
+    XNNPACK has no int8 average pooling: ExecuTorch ran CondenseNet's 2×2 transition pools in float between
+    int8↔float Converts. A global pool (> 25 taps) stays: as a conv it would be an IGEMM."""
+    if type(m) is not nn.AvgPool2d or m.ceil_mode or m.divisor_override is not None:
+        return False
+    k = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)
+    if m.padding in (0, (0, 0)):
+        return k[0] * k[1] <= 25
+    return m.count_include_pad
+
+
 def _replace_padded_avg_pools(model: nn.Module, count_include_pad: bool, form) -> None:
     """Each plain padded nn.AvgPool2d with this `count_include_pad` → `form(pool)`."""
+    _replace_modules(model, lambda m: _is_padded_avg_pool(m, count_include_pad), form)
+
+
+def _replace_modules(model: nn.Module, predicate, form) -> None:
     for parent in model.modules():
         for name, child in list(parent.named_children()):
-            if _is_padded_avg_pool(child, count_include_pad):
+            if predicate(child):
                 setattr(parent, name, form(child))
 
 
 def input_channels(model: nn.Module, modules: list[nn.Module], example: torch.Tensor | None) -> dict[nn.Module, int]:
     """{module: channels of its input}, read in one forward pass of zeros (a pool does not know its width):
     `example`'s shape, else 224 then 64 px (DiCENet runs only at the size it was built for). A model that
-    runs at none of them keeps those modules as they are (empty result)."""
+    runs at none of them keeps those modules as they are (empty result). A module called on several widths
+    (one pool object reused) is left out: no single conv replaces it."""
     if not modules:
         return {}
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     cin = first.in_channels if first is not None else 3
     shapes = [tuple(example.shape)] if example is not None else [(1, cin, 224, 224), (1, cin, 64, 64)]
-    seen: dict[nn.Module, int] = {}
+    seen: dict[nn.Module, set[int]] = {}
 
     def record(mod, args) -> None:  # returns None: a pre-hook's return value would replace the input
-        seen.setdefault(mod, args[0].shape[1])
+        seen.setdefault(mod, set()).add(int(args[0].shape[1]))
 
     hooks = [m.register_forward_pre_hook(record) for m in modules]
     try:
@@ -408,7 +426,7 @@ def input_channels(model: nn.Module, modules: list[nn.Module], example: torch.Te
             try:
                 with torch.no_grad():
                     model(torch.zeros(shape))
-                return seen
+                return {m: next(iter(widths)) for m, widths in seen.items() if len(widths) == 1}
             except Exception:  # noqa: BLE001 — an input this model refuses: try the next size
                 seen.clear()
         return {}

@@ -13,8 +13,8 @@ on SLICE (zero point -127 vs -126), and the padded `nn.AvgPool2d` of DiCENet, NA
 * before annotation (`transform_for_annotation`), on the exported graph where shapes are static:
   - `split` / `split_with_sizes` / `chunk` + getitem → one `slice` per piece (a tuple output cannot carry an
     observer; a slice can share its input's);
-  - `avg_pool2d` with padding → depthwise `conv2d` with constant 1/k² weights at the pool's stride and
-    padding (equal in float to count_include_pad=True). With count_include_pad=False the border windows
+  - `avg_pool2d` → depthwise `conv2d` with constant 1/k² weights at the pool's stride and padding (equal in
+    float to count_include_pad=True; XNNPACK's delegate has no int8 AVERAGE_POOL_2D). With count_include_pad=False the border windows
     average fewer elements: a MUL by a constant (1,1,Ho,Wo) map k²/count restores exactly that. The conv
     quantizes per channel without error (every weight is the channel's max → exactly 127·scale), gets its
     own output range, and runs in XNNPACK int8; the PAD that litert-torch emitted for the pool is gone
@@ -79,7 +79,7 @@ class TFLiteInt8Quantizer(pq.PT2EQuantizer):
     def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         model = super().transform_for_annotation(model)
         self.rewritten["split_to_slices"] += splits_to_slices(model)
-        self.rewritten["avg_pool_to_depthwise"] += padded_avg_pools_to_depthwise(model)
+        self.rewritten["avg_pool_to_depthwise"] += avg_pools_to_depthwise(model)
         self.rewritten["max_pool_to_same"] += strided_max_pools_to_same(model)
         self.rewritten["wide_cats_nested"] += wide_cats_nested(model)
         self.rewritten["merged_relus"] += merge_duplicate_relus(model)
@@ -155,8 +155,12 @@ def border_divisor_map(h: int, w: int, k, s, p) -> torch.Tensor:
     return 1.0 / inside
 
 
-def padded_avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
-    """aten.avg_pool2d with padding → depthwise conv2d (1/k² weights) [· border map]. Returns the count."""
+def avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
+    """aten.avg_pool2d → depthwise conv2d (1/k² weights) [· border map]. Returns the count.
+
+    Unpadded pools too: LiteRT's XNNPACK delegate runs AVERAGE_POOL_2D in float only, so CondenseNet's four
+    2×2 transition pools ran on LiteRT's own int8 kernel between 5 partitions (1.5 of 13.8 ms, `lwdeploy
+    profile` of the int8 matrix artifact)."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _AVG_POOLS:
@@ -166,8 +170,10 @@ def padded_avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
         if val is None or out is None or val.dim() != 4:
             continue
         k, s, p, ceil_mode, include_pad, divisor = _pool_args(node)
-        if p == [0, 0] or ceil_mode or divisor is not None:
-            continue                     # no PAD to remove / a divisor rule we do not reproduce
+        if ceil_mode or divisor is not None:
+            continue                     # a window or divisor rule we do not reproduce
+        if p == [0, 0] and k[0] * k[1] > 25:
+            continue                     # a global pool: MEAN-like; a >25-tap depthwise conv would be an IGEMM
         c, h, w = int(val.shape[1]), int(val.shape[2]), int(val.shape[3])
         tag = f"_lw_avgpool{count}"
         gm.register_buffer(f"{tag}_weight", torch.full((c, 1, k[0], k[1]), 1.0 / (k[0] * k[1]),
@@ -178,7 +184,7 @@ def padded_avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
         weight.meta["val"] = getattr(gm, f"{tag}_weight")
         _copy_meta(conv, node, out)
         result = conv
-        if not include_pad:
+        if not include_pad and p != [0, 0]:  # without padding every window is whole
             gm.register_buffer(f"{tag}_divisor", border_divisor_map(h, w, k, s, p).to(val.dtype))
             with gm.graph.inserting_after(conv):
                 fix = gm.graph.get_attr(f"{tag}_divisor")

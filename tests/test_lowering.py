@@ -14,7 +14,7 @@ import lwdeploy.models as zoo
 from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
 from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d,
-                                            IncludePadAvgPoolConv, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
+                                            AvgPoolDepthwiseConv, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
                                             TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
@@ -155,11 +155,26 @@ def test_executorch_include_pad_avg_pool_is_pad_then_pool(k, s, p, size):
     torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
     # int8: XNNPACK cannot load an int8 PAD there; the pool is the depthwise conv it is (weights 1/k²)
     conv = lower(model, "executorch", example=x)[1]
-    assert isinstance(conv, IncludePadAvgPoolConv) and conv.groups == conv.in_channels == 4
+    assert isinstance(conv, AvgPoolDepthwiseConv) and conv.groups == conv.in_channels == 4
     torch.testing.assert_close(lower(model, "executorch", example=x)(x), model(x), atol=1e-6, rtol=1e-5)
     assert type(lower(model, "tflite", int8=False)[1]) is nn.AvgPool2d      # PAD + AVERAGE_POOL_2D already
     unpadded = nn.Sequential(nn.AvgPool2d(2, 2))
     assert type(lower(unpadded, "executorch", int8=False)[0]) is nn.AvgPool2d
+
+
+def test_executorch_int8_unpadded_avg_pool_is_a_depthwise_conv():
+    # XNNPACK has no int8 average pooling: CondenseNet's 2×2 transition pools ran in float between Converts
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AvgPool2d(2), nn.Conv2d(4, 5, 1), nn.AvgPool2d(3, 2))
+    x = torch.randn(2, 3, 17, 17)
+    lowered = lower(model, "executorch", example=x)
+    assert [type(lowered[i]) for i in (1, 3)] == [AvgPoolDepthwiseConv] * 2
+    assert (lowered[1].in_channels, lowered[3].in_channels) == (4, 5)
+    torch.testing.assert_close(lowered(x), model(x), atol=1e-6, rtol=1e-5)
+    # a global pool (64 taps) would be an IGEMM as a conv; a pool object used at two widths has no one conv
+    shared = nn.AvgPool2d(2)
+    kept = nn.Sequential(nn.Conv2d(3, 4, 1), shared, nn.Conv2d(4, 6, 1), shared, nn.AvgPool2d(12))
+    out = lower(kept, "executorch", example=torch.randn(1, 3, 48, 48))
+    assert [type(out[i]) for i in (1, 3, 4)] == [nn.AvgPool2d] * 3
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -9,7 +9,7 @@ from torch import nn
 
 from lwdeploy.models.layers import channel_shuffle
 from lwdeploy.quantization.tflite_int8 import (TFLiteInt8Quantizer, border_divisor_map,
-                                               padded_avg_pools_to_depthwise, splits_to_slices)
+                                               avg_pools_to_depthwise, splits_to_slices)
 
 aten = torch.ops.aten
 
@@ -33,7 +33,7 @@ def _check_pool(pool: nn.Module, size: int):
     net = Pool(pool).eval()
     x = torch.randn(2, 3, size, size) * 3
     gm = torch.export.export(net, (x,)).module()
-    assert padded_avg_pools_to_depthwise(gm) == 1
+    assert avg_pools_to_depthwise(gm) == 1
     assert aten.avg_pool2d.default not in _targets(gm)
     assert torch.allclose(gm(x), net(x), atol=1e-5, rtol=1e-5)
     return gm
@@ -60,11 +60,18 @@ def test_border_divisor_map_counts_valid_pixels():
     assert m[0, 0, 0, 0] == 9 / 4 and m[0, 0, 0, 1] == 9 / 6 and m[0, 0, 1, 1] == 1
 
 
-def test_unpadded_and_ceil_mode_pools_are_left_alone():
+def test_unpadded_avg_pool_is_a_depthwise_conv_too():
+    # CondenseNet's transition pools: XNNPACK's delegate has no int8 AVERAGE_POOL_2D
+    for pool in (nn.AvgPool2d(2), nn.AvgPool2d(2, count_include_pad=False), nn.AvgPool2d(3, 2)):
+        gm = _check_pool(pool, 16)
+        assert aten.mul.Tensor not in _targets(gm)          # whole windows: no border map
+
+
+def test_global_and_ceil_mode_pools_are_left_alone():
     x = torch.randn(1, 3, 8, 8)
-    for pool in (nn.AvgPool2d(2), nn.AvgPool2d(3, 2, 1, ceil_mode=True)):
+    for pool in (nn.AvgPool2d(8), nn.AvgPool2d(3, 2, 1, ceil_mode=True)):
         gm = torch.export.export(Pool(pool).eval(), (x,)).module()
-        assert padded_avg_pools_to_depthwise(gm) == 0
+        assert avg_pools_to_depthwise(gm) == 0
         assert aten.avg_pool2d.default in _targets(gm)
 
 
