@@ -142,3 +142,70 @@ def batchnorms_to_depthwise(gm: torch.fx.GraphModule, *, standalone: bool = Fals
         _replace_batchnorm(gm, bn, dw)
         count += 1
     return finish_rewrite(gm, count)
+
+
+# ops that only rearrange values; a chain of them from a conv to a BN may permute channels (a channel shuffle)
+_MOVES = {aten.view.default, aten.reshape.default, aten.unflatten.int, aten.flatten.using_ints,
+          aten.transpose.int, aten.permute.default, aten.clone.default, aten.contiguous.default}
+
+
+def _channel_source(chain: list[torch.fx.Node], val: torch.Tensor) -> torch.Tensor | None:
+    """For the chain of move ops applied to a tensor shaped like `val`: src with output channel c = input
+    channel src[c], or None if an output channel takes values of several input channels or the shape changes.
+    Values moved within a channel are fine: a BatchNorm is the same affine map at every position of a channel.
+
+    Found by running the chain on a tensor whose every element holds its channel number (exact in float32
+    for any realistic width)."""
+    n, c = int(val.shape[0]), int(val.shape[1])
+    probe = torch.arange(c, dtype=torch.float32).reshape(1, c, *([1] * (val.dim() - 2))).expand(val.shape)
+    out = probe.contiguous()
+    for node in chain:
+        out = node.target(out, *node.args[1:], **node.kwargs)
+    if out.shape != val.shape or n < 1:
+        return None
+    src = out.reshape(n, c, -1)[0]                          # (C, H·W): one channel number per row, if a permutation
+    if not bool((src == src[:, :1]).all()):
+        return None
+    src = src[:, 0].long()
+    return src if torch.equal(torch.sort(src).values, torch.arange(c)) else None
+
+
+def batchnorm_through_channel_permutation(gm: torch.fx.GraphModule) -> int:
+    """BatchNorm(shuffle(conv)) → shuffle(BatchNorm'(conv)), BN' being the BN with its channels permuted back;
+    prepare_pt2e then folds BN' into the conv. CondenseNet's dense layer normalises the channel-shuffled output
+    of its 1×1 group conv: each of those 36 BNs stayed a separate op (an int8 1×1 depthwise conv after
+    batchnorms_to_depthwise). Only when the conv and every op of the chain have one reader. Returns how many
+    BNs were moved."""
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    count = 0
+    for bn in _eval_batchnorms(gm):
+        chain, node = [], bn.args[0]
+        while isinstance(node, torch.fx.Node) and node.target in _MOVES and len(node.users) == 1:
+            chain.insert(0, node)
+            node = node.args[0]
+        conv = node
+        if not (chain and isinstance(conv, torch.fx.Node) and conv.target in _CONVS and len(conv.users) == 1):
+            continue
+        val = _val(conv)
+        if val is None or val.dim() != 4 or (src := _channel_source(chain, val)) is None:
+            continue
+        params = [None if p is None else torch.empty_like(p).index_copy_(0, src, p) for p in _bn_tensors(gm, bn)]
+        tag = f"_lw_permbn{count}"
+        with gm.graph.inserting_before(chain[0]):   # between the conv and the chain, its only reader
+            attrs = [None if p is None else _constant(gm, f"{tag}_{name}", p)
+                     for name, p in zip(("weight", "bias", "mean", "var"), params)]
+            piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
+            if bn.target is aten.batch_norm.default:
+                _copy_meta(piece, bn, val)
+                out = piece
+            else:                           # _native_batch_norm_legit_no_training: (out, mean, invstd)
+                _copy_meta(piece, bn, None)
+                out = gm.graph.call_function(operator.getitem, (piece, 0))
+                _copy_meta(out, bn, val)
+        chain[0].replace_input_with(conv, out)
+        _replace_batchnorm(gm, bn, chain[-1])
+        count += 1
+    if finish_rewrite(gm, count):
+        _fuse_conv_bn_(gm)
+    return count

@@ -223,13 +223,17 @@ def quantize(
     # non-strict export + the source tags litert-torch's add/mul/cat/pool annotators match on (capture.py)
     with step("quantize.torch_export"):
         graph = capture.capture(model, example)
-    from lwdeploy.quantization.batchnorm_fold import batchnorm_through_cat, batchnorms_to_depthwise
+    from lwdeploy.quantization.batchnorm_fold import (batchnorm_through_cat, batchnorm_through_channel_permutation,
+                                                      batchnorms_to_depthwise)
 
     # every target: a BatchNorm after a cat of convs (MixNet's mixed-kernel conv, NAS cells' FactorizedReduce)
     # is no conv→BN pair for prepare_pt2e to fold, so it stayed a float op between dequantize/quantize (TFLite:
     # float SUB/MUL islands; MixNet-S has 13, NASNet-A 4), and convert_pt2e then ran torchao's QAT conv-BN fold,
     # which re-exports ~100 pattern graphs (25–35 CPU s on MixNet/NASNet). Folded into the convs, none remains.
     folded = batchnorm_through_cat(graph)
+    # a BN after a channel shuffle of a conv (CondenseNet's norm2, 36 of them) moves before the shuffle, with its
+    # channels permuted back, and folds into that conv: one int8 op per dense layer less on every target
+    unshuffled = batchnorm_through_channel_permutation(graph)
     # a BN reading a conv that other ops read too: prepare_pt2e would fold it into that conv for every reader;
     # and every BN after a non-conv (a dense block's pre-activation BN after a cat): neither litert-torch's nor
     # XNNPACK's quantizer annotates it, so it stayed float (TFLite: MUL/ADD islands; ExecuTorch: an F32 DWConv
@@ -282,6 +286,8 @@ def quantize(
         scheme["uniform_biases_nudged"] = unsplatted
     if folded:
         scheme["batchnorms_folded_through_cat"] = folded
+    if unshuffled:
+        scheme["batchnorms_folded_through_shuffle"] = unshuffled
     if kept_apart:
         scheme["batchnorms_as_depthwise"] = kept_apart
     if slow_depthwise:

@@ -256,6 +256,30 @@ def test_batchnorm_after_cat_is_folded_for_every_target(target):
     assert sqnr > 25
 
 
+class _ShuffleBN(torch.nn.Module):
+    """CondenseNet's dense layer core: a 1×1 group conv, a channel shuffle, then BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, 1, 1)
+        self.conv = torch.nn.Conv2d(8, 8, 1, groups=2, bias=False)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Conv2d(8, 8, 3, 1, 1)
+
+    def forward(self, x):
+        y = self.conv(torch.relu(self.stem(x))).unflatten(1, (2, -1)).transpose(1, 2).flatten(1, 2)
+        return self.head(torch.relu(self.bn(y)))
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_batchnorm_after_a_shuffle_is_folded_into_the_conv(target):
+    torch.manual_seed(0)
+    qm, sqnr = _quantize_with_bn_statistics(_ShuffleBN(), target, var=(0.2, 2), weight=(0.5, 2.5))
+    assert qm.scheme["batchnorms_folded_through_shuffle"] == 1 and "batchnorms_as_depthwise" not in qm.scheme
+    assert not any("batch_norm" in o for o in _ops(qm.module))
+    assert sqnr > 25
+
+
 class _SharedConvBN(torch.nn.Module):
     """Pre-activation dense block (CondenseNet's stem): the conv's output is normalised AND concatenated."""
 

@@ -292,6 +292,51 @@ def test_batchnorm_after_a_cat_of_convs_is_folded_into_them():
 
 
 @torch.no_grad()
+def test_batchnorm_after_a_channel_shuffle_is_folded_into_the_conv():
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    from lwdeploy.models.families.condensenet import DenseLayer
+    from lwdeploy.quantization.batchnorm_fold import _channel_source, batchnorm_through_channel_permutation
+
+    torch.manual_seed(0)
+    net = DenseLayer(16, 8, 4, 4).eval()           # conv1: 1×1 group conv → shuffle(4) → norm2
+    for bn in (net.conv1.norm, net.norm2):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 16, 8, 8)
+    gm = _export(net, x)
+    _fuse_conv_bn_(gm)
+    assert sum(n.target is aten.batch_norm.default for n in gm.graph.nodes) == 2   # norm2 did not fold
+    assert batchnorm_through_channel_permutation(gm) == 1
+    assert sum(n.target is aten.batch_norm.default for n in gm.graph.nodes) == 1   # the pre-activation BN
+    assert torch.allclose(gm(x), net(x), atol=1e-5, rtol=1e-5)
+    # the probe: a shuffle permutes channels; a spatial transpose keeps them (BN commutes with it); channels and
+    # rows swapped and reshaped back mix channels (BN does not commute)
+    shuffle = _export(Shuffle(), torch.randn(1, 8, 3, 3))
+    moves = [n for n in shuffle.graph.nodes if n.op == "call_function"]
+    assert _channel_source(moves, torch.empty(1, 8, 3, 3)).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    hw = [n for n in _export(SpatialT(), torch.randn(1, 8, 3, 3)).graph.nodes if n.op == "call_function"]
+    assert _channel_source(hw, torch.empty(1, 8, 3, 3)).tolist() == list(range(8))
+    mix = [n for n in _export(MixChannels(), torch.randn(1, 8, 3, 3)).graph.nodes if n.op == "call_function"]
+    assert _channel_source(mix, torch.empty(1, 8, 3, 3)) is None
+
+
+class Shuffle(nn.Module):
+    def forward(self, x):
+        return x.unflatten(1, (2, -1)).transpose(1, 2).flatten(1, 2)
+
+
+class SpatialT(nn.Module):
+    def forward(self, x):
+        return x.transpose(2, 3)
+
+
+class MixChannels(nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2).reshape(x.shape)
+
+
+@torch.no_grad()
 def test_cat_of_more_than_five_inputs_is_nested():
     from lwdeploy.quantization.tflite_int8 import MAX_CAT_INPUTS, wide_cats_nested
 
