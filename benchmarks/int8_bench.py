@@ -403,7 +403,7 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     int8 artifacts' test accuracy against the float model's (within 0.3 pt for ReLU6 models, 0.5 pt for
     hard-swish/SE models). Calibration: the train split (calibration.fashion_mnist); test split held out."""
     import lwdeploy.models as zoo
-    from lwdeploy.models.input_size import forward_error, smallest_resolution
+    from lwdeploy.models.input_size import forward_error, next_resolution
     from lwdeploy.quantization.calibration import fashion_mnist
     from lwdeploy.quantization.datasets import FashionMNIST
     from lwdeploy.quantization.finetune import TrainConfig, train
@@ -414,12 +414,13 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     res = args.fashion_resolution
     # models whose layers are tied to the input size (DiCENet) are built for the small resolution
     model = zoo.create(name, num_classes=10, **({"resolution": res} if "input-size-bound" in info.tags else {}))
-    if forward_error(model, res) is not None:  # SqueezeNet 1.0's unpadded pools need ≥ 35 px
-        smallest = smallest_resolution(model, res + 1, info.resolution)
-        if smallest is None:
+    if forward_error(model, res) is not None:  # SqueezeNet 1.0's unpadded pools need ≥ 35 px; trained at the next multiple of 8 it runs at
+        up = next_resolution(model, res + 1, info.resolution)
+        if up is None:
             raise RuntimeError(f"{name} does not run at {res} px: {forward_error(model, res)}")
-        res = -(-smallest // 8) * 8  # the next multiple of 8: Fashion-MNIST's 28 px are resized up anyway
-        say(f"{name}: does not run at {args.fashion_resolution} px; training at {res} px (its smallest is {smallest})")
+        res = next((r for r in range(-(-up // 8) * 8, info.resolution + 1, 8) if forward_error(model, r) is None), up)
+        say(f"{name}: does not run at {args.fashion_resolution} px; training at {res} px (the next size up it runs "
+            f"at is {up})")
     train_ds = FashionMNIST(train=True, resolution=res, mean=info.mean, std=info.std, limit=args.fashion_train)
     full = FashionMNIST(train=True, resolution=res, mean=info.mean, std=info.std)
     val_idx = range(len(full) - FASHION_VAL_IMAGES, len(full))

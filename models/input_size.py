@@ -1,8 +1,8 @@
 """Which input sizes a model runs at.
 
 Unpadded stems and pools shrink the feature map by a fixed amount per stage, so some nets have a smallest input
-(SqueezeNet 1.0: 35 px; its third max-pool gets 2×2 at 32 px). A user asking for a smaller size should hear
-that number, not a max_pool2d traceback.
+(SqueezeNet 1.0: 35 px; its third max-pool gets 2×2 at 32 px), others need sizes of some form (NASNet,
+MobileViT). A user asking for a size the model cannot take should hear the next one it can, not a traceback.
 """
 
 from __future__ import annotations
@@ -25,18 +25,14 @@ def forward_error(model: nn.Module, resolution: int, in_channels: int = 3) -> st
         model.train(was_training)
 
 
-def smallest_resolution(model: nn.Module, lo: int, hi: int, in_channels: int = 3) -> int | None:
-    """The smallest r in [lo, hi] the model runs at, or None if it fails at hi too.
+def next_resolution(model: nn.Module, lo: int, hi: int, in_channels: int = 3) -> int | None:
+    """The smallest r in [lo, hi] the model runs at, or None.
 
-    Binary search: a net that runs at r runs at every larger size (each stage's output only grows with its
-    input), and every probe is at most `hi` px, so this costs ~log2(hi − lo) small forwards.
+    A linear scan, not a bisection: sizes that work are not always an interval. NASNet's cells concatenate
+    branches that round odd sizes differently (it runs at 32 px, not at 33), MobileViT folds its maps into 2×2
+    patches (multiples of 32 px only). Probes are cheap at the small sizes this is asked about.
     """
-    if forward_error(model, hi, in_channels) is not None:
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if forward_error(model, mid, in_channels) is None:
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi
+    for r in range(lo, hi + 1):
+        if forward_error(model, r, in_channels) is None:
+            return r
+    return None

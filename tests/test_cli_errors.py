@@ -137,20 +137,24 @@ def test_keep_float_options_checked_before_work(cli, tmp_path, args, says):
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_input_too_small_names_the_smallest_size(cli, tmp_path):
+def test_input_too_small_names_the_next_size_it_runs_at(cli, tmp_path):
     # SqueezeNet 1.0's unpadded 7×7 stem and three max-pools leave its last pool a 2×2 map at 32 px
     code, _, err = cli("export", "squeezenet_1_0", "--resolution", "32", "--out", tmp_path / "o")
     line = _one_line_error(code, err)
-    assert "squeezenet_1_0 does not run at 32×32 px" in line and "--resolution 35 or more" in line
+    assert "squeezenet_1_0 does not run at 32×32 px" in line and "pass --resolution 35" in line
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_smallest_resolution_is_the_boundary():
+def test_next_resolution_scans_past_sizes_that_fail():
     from lwdeploy.models import create
-    from lwdeploy.models.input_size import forward_error, smallest_resolution
+    from lwdeploy.models.input_size import forward_error, next_resolution
 
     net = create("squeezenet_1_0").train()
-    assert smallest_resolution(net, 16, 224) == 35
+    assert next_resolution(net, 16, 224) == 35
     assert forward_error(net, 35) is None and "too small" in forward_error(net, 34)
     assert net.training  # the probe leaves the mode as it found it
-    assert smallest_resolution(create("squeezenet_1_0"), 16, 30) is None  # fails even at the upper end
+    assert next_resolution(create("squeezenet_1_0"), 16, 30) is None  # fails even at the upper end
+    # sizes that work are no interval: NASNet-A runs at 32 px, not at 33 (its branches round odd sizes apart)
+    nas = create("nasnet_a_mobile")
+    assert forward_error(nas, 32) is None and forward_error(nas, 33) is not None
+    assert next_resolution(nas, 33, 224) > 33

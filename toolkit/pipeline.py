@@ -130,17 +130,18 @@ def build_model(plan: ExportPlan):
                       pretrained=plan.pretrained, resolution=plan.resolution)
 
 
-def check_input_size(net, info, res: int) -> None:
+def check_input_size(net, info, res: int, say=lambda msg: None) -> None:
     """The model runs at `res` px, or a one-line error that names the smallest size it does run at."""
-    from lwdeploy.models.input_size import forward_error, smallest_resolution
+    from lwdeploy.models.input_size import forward_error, next_resolution
 
     error = forward_error(net, res)
     if error is None:
         return
-    smallest = None
+    up = None
     if res < info.resolution and "input-size-bound" not in info.tags:  # bound nets are rebuilt per size
-        smallest = smallest_resolution(net, res + 1, info.resolution)
-    hint = (f"pass --resolution {smallest} or more" if smallest else
+        say(f"{info.name} does not run at {res} px: looking for the next size up that it runs at")
+        up = next_resolution(net, res + 1, info.resolution)
+    hint = (f"the next size up it runs at is {up} px: pass --resolution {up}" if up else
             f"pass the input size the model was built for (--resolution; its default is {info.resolution})")
     raise LwdeployError(f"{info.name} does not run at {res}×{res} px ({error})", hint)
 
@@ -236,7 +237,7 @@ def export(model: str, targets: Sequence[str] = ("tflite",), *, out_dir: str | P
         net, info = build_model(plan)
     res = plan.resolution or info.resolution
     with shared("check_input_size"):
-        check_input_size(net, info, res)
+        check_input_size(net, info, res, say)
     with shared("load_images"):
         images = calibration.load(plan.calib, res, info.mean, info.std, plan.calib_samples, plan.heldout_samples,
                                   plan.seed)
