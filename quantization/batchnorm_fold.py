@@ -59,6 +59,19 @@ def _replace_batchnorm(gm: torch.fx.GraphModule, bn: torch.fx.Node, new: torch.f
     gm.graph.erase_node(bn)
 
 
+def _fold_into_convs(gm: torch.fx.GraphModule, bns: list[torch.fx.Node]) -> None:
+    """Fold these conv → BN pairs (torchao's per-pair fold). Not torchao's `_fuse_conv_bn_`: that folds EVERY
+    BN that reads a conv, also one whose conv has other readers, which batchnorms_to_depthwise has yet to
+    keep apart (CondenseNet's stem feeds its first BN and the dense cat: int8 top-1 agreement fell to 0 %)."""
+    from torchao.quantization.pt2e.utils import fold_bn_weights_into_conv_node
+
+    for bn in bns:
+        conv = bn.args[0]
+        fold_bn_weights_into_conv_node(conv, conv.args[1], conv.args[2] if len(conv.args) > 2 else None, bn, gm)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
 def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
     """BatchNorm(cat([conv, conv, …], dim=1)) → cat([conv', conv', …]): each conv takes its channels' slice of
     the BN, folded into its weights (torchao's conv-BN fold; prepare_pt2e's own folds only a BN that reads a conv
@@ -66,9 +79,7 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
     1×1 convs and normalises the result: litert-torch annotates no batch_norm, so each stayed a float
     SUB/MUL/ADD island (4 in NASNet-A). Only when every input is a conv read by the cat alone (folding changes
     the conv's output for every reader). Returns how many BNs were moved."""
-    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
-
-    count = 0
+    count, pieces = 0, []
     for bn in _eval_batchnorms(gm):
         cat = bn.args[0]
         if not (isinstance(cat, torch.fx.Node) and cat.target is aten.cat.default and len(cat.users) == 1):
@@ -88,6 +99,7 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
                 attrs = [_constant(gm, f"{tag}_{j}_{name}", p[start:start + width].clone())
                          for name, p in zip(("weight", "bias", "mean", "var"), params)]
                 piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
+                pieces.append(piece)
                 if bn.target is aten.batch_norm.default:
                     _copy_meta(piece, bn, _val(conv))
                     out = piece
@@ -100,7 +112,7 @@ def batchnorm_through_cat(gm: torch.fx.GraphModule) -> int:
         _replace_batchnorm(gm, bn, cat)
         count += 1
     if finish_rewrite(gm, count):
-        _fuse_conv_bn_(gm)
+        _fold_into_convs(gm, pieces)
     return count
 
 
@@ -176,9 +188,7 @@ def batchnorm_through_channel_permutation(gm: torch.fx.GraphModule) -> int:
     of its 1×1 group conv: each of those 36 BNs stayed a separate op (an int8 1×1 depthwise conv after
     batchnorms_to_depthwise). Only when the conv and every op of the chain have one reader. Returns how many
     BNs were moved."""
-    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
-
-    count = 0
+    count, moved = 0, []
     for bn in _eval_batchnorms(gm):
         chain, node = [], bn.args[0]
         while isinstance(node, torch.fx.Node) and node.target in _MOVES and len(node.users) == 1:
@@ -196,6 +206,7 @@ def batchnorm_through_channel_permutation(gm: torch.fx.GraphModule) -> int:
             attrs = [None if p is None else _constant(gm, f"{tag}_{name}", p)
                      for name, p in zip(("weight", "bias", "mean", "var"), params)]
             piece = gm.graph.call_function(bn.target, (conv, *attrs, *bn.args[5:]), dict(bn.kwargs))
+            moved.append(piece)
             if bn.target is aten.batch_norm.default:
                 _copy_meta(piece, bn, val)
                 out = piece
@@ -207,5 +218,5 @@ def batchnorm_through_channel_permutation(gm: torch.fx.GraphModule) -> int:
         _replace_batchnorm(gm, bn, chain[-1])
         count += 1
     if finish_rewrite(gm, count):
-        _fuse_conv_bn_(gm)
+        _fold_into_convs(gm, moved)
     return count

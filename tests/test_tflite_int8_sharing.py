@@ -299,17 +299,22 @@ def test_batchnorm_after_a_channel_shuffle_is_folded_into_the_conv():
     from lwdeploy.quantization.batchnorm_fold import _channel_source, batchnorm_through_channel_permutation
 
     torch.manual_seed(0)
-    net = DenseLayer(16, 8, 4, 4).eval()           # conv1: 1×1 group conv → shuffle(4) → norm2
-    for bn in (net.conv1.norm, net.norm2):
+    layer = DenseLayer(16, 8, 4, 4)                # conv1: 1×1 group conv → shuffle(4) → norm2
+    # the stem conv feeds the layer's pre-activation BN AND its cat: that BN must not fold into the stem
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), layer).eval()
+    for bn in (layer.conv1.norm, layer.norm2):
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
         bn.bias.data.uniform_(-1, 1)
-    x = torch.randn(2, 16, 8, 8)
+    x = torch.randn(1, 3, 8, 8)
     gm = _export(net, x)
-    _fuse_conv_bn_(gm)
-    assert sum(n.target is aten.batch_norm.default for n in gm.graph.nodes) == 2   # norm2 did not fold
+    assert sum(n.target is aten.batch_norm.default for n in gm.graph.nodes) == 2
     assert batchnorm_through_channel_permutation(gm) == 1
     assert sum(n.target is aten.batch_norm.default for n in gm.graph.nodes) == 1   # the pre-activation BN
     assert torch.allclose(gm(x), net(x), atol=1e-5, rtol=1e-5)
+    gm = _export(net, x)
+    _fuse_conv_bn_(gm)       # what prepare_pt2e does first: norm2 reads no conv, so it stays
+    assert any(n.target is aten.batch_norm.default and n.args[0].target is aten.flatten.using_ints
+               for n in gm.graph.nodes)
     # the probe: a shuffle permutes channels; a spatial transpose keeps them (BN commutes with it); channels and
     # rows swapped and reshaped back mix channels (BN does not commute)
     shuffle = _export(Shuffle(), torch.randn(1, 8, 3, 3))
