@@ -170,8 +170,8 @@ def _keep_earlier_rows(report: dict, earlier: Path, models) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matrix", type=Path, nargs="+", required=True,
-                    help="`lwdeploy matrix --out` folders; a model found in several is taken from the last (e.g. the "
-                         "default matrix, then a re-run of the models a change touched)")
+                    help="`lwdeploy matrix --out` folders; a cell (model, target, precision) found in several is taken "
+                         "from the last (e.g. the default matrix, then a re-run of the cells a change touched)")
     ap.add_argument("--models", nargs="+", help="only these models (default: every one the matrix has)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=100, help="untimed invokes per artifact (TFLite int8 runs ~2× "
@@ -191,7 +191,9 @@ def main(argv=None) -> int:
             console.print(f"[red]error:[/] {folder / 'matrix.json'} not found — run `lwdeploy matrix --out "
                           f"{folder}` first")
             return 2
-        found.update(cells(folder))
+        for model, by_target in cells(folder).items():   # per cell: a later folder may re-export only some
+            for target, by_precision in by_target.items():
+                found.setdefault(model, {}).setdefault(target, {}).update(by_precision)
     torch.set_num_threads(args.threads)
     models = [m for m in found if not args.models or m in args.models]
     rows, missing = [], []

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -77,10 +78,12 @@ def size_breakdown(model: Any, graph: Any, file_size: int) -> dict[str, Any]:
 
     Why int8 files sit above 0.25× float: per-channel quantization stores, for every output channel of a
     weight AND of its int32 bias, a float32 scale and an int64 zero point (schema `QuantizationParameters`;
-    XNNPACK reads the bias scales, LiteRT needs as many zero points as scales), plus int32 biases."""
+    XNNPACK reads the bias scales, LiteRT needs as many zero points as scales), plus int32 biases. Vectors
+    shared between tensors (tflite_pack writes each distinct one once) count once."""
     constants: collections.Counter[str] = collections.Counter()
     seen: set[int] = set()
     qparams = names = 0
+    vectors: set[int] = set()
     for i in range(graph.TensorsLength()):
         t = graph.Tensors(i)
         names += len(t.Name() or b"")
@@ -91,8 +94,11 @@ def size_breakdown(model: Any, graph: Any, file_size: int) -> dict[str, Any]:
             if n:
                 constants[_TYPE_NAMES.get(t.Type(), str(t.Type())).lower()] += n
         q = t.Quantization()
-        if q is not None:
-            qparams += 4 * (q.ScaleLength() + q.MinLength() + q.MaxLength()) + 8 * q.ZeroPointLength()
+        if q is not None:  # a vector several tensors share (tflite_pack) is stored, and counted, once
+            for vector in (q.ScaleAsNumpy(), q.MinAsNumpy(), q.MaxAsNumpy(), q.ZeroPointAsNumpy()):
+                if isinstance(vector, np.ndarray) and vector.size and vector.ctypes.data not in vectors:
+                    vectors.add(vector.ctypes.data)
+                    qparams += vector.nbytes
     known = sum(constants.values()) + qparams + names
     return {"file": file_size, "constants": dict(constants.most_common()), "quantization_params": qparams,
             "tensor_names": names, "other": file_size - known}
@@ -178,27 +184,22 @@ def read_metadata(path: Path | str, name: str = METADATA_NAME) -> dict[str, Any]
 def add_metadata(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     """Return `model_bytes` with extra Model.metadata entries (name → raw bytes), replacing same names.
 
-    Uses the object API of the shipped schema: unpack, append buffers, repack with the TFL3 identifier.
+    Uses the object API of the shipped schema: unpack, append buffers, repack (tflite_pack.repack, which also
+    writes each distinct quantization vector once).
     """
-    import flatbuffers
     import numpy as np
 
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
-    # Large models can keep buffer data after the flatbuffer (Buffer.offset/size; ai-edge-quantizer writes
-    # them so above 256 KB). Repacking would drop those bytes: move them into the buffers first.
-    for buffer in model.buffers or []:
-        if getattr(buffer, "offset", 0) > 1 and getattr(buffer, "size", 0) > 0:
-            buffer.data = np.frombuffer(model_bytes, dtype=np.uint8, count=buffer.size, offset=buffer.offset).copy()
-            buffer.offset, buffer.size = 0, 0
-    model.metadata = [m for m in (model.metadata or []) if m.name.decode() not in entries]
-    for name, data in entries.items():
-        buffer = schema.BufferT()
-        buffer.data = np.frombuffer(data, dtype=np.uint8)
-        model.buffers.append(buffer)
-        meta = schema.MetadataT()
-        meta.name = name.encode()
-        meta.buffer = len(model.buffers) - 1
-        model.metadata.append(meta)
-    builder = flatbuffers.Builder(len(model_bytes) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    from .tflite_pack import repack
+
+    def edit(model) -> None:
+        model.metadata = [m for m in (model.metadata or []) if m.name.decode() not in entries]
+        for name, data in entries.items():
+            buffer = schema.BufferT()
+            buffer.data = np.frombuffer(data, dtype=np.uint8)
+            model.buffers.append(buffer)
+            meta = schema.MetadataT()
+            meta.name = name.encode()
+            meta.buffer = len(model.buffers) - 1
+            model.metadata.append(meta)
+
+    return repack(model_bytes, edit)

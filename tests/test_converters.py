@@ -445,6 +445,55 @@ def test_same_export_twice_gives_identical_bytes(target, net, data, tmp_dir):
         assert "id()" in first.details["reproducible"][".etrecord"]
 
 
+def test_tflite_int8_stores_each_quantization_vector_once(net, data, tmp_dir):
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    from lwdeploy.converters.inspect_tflite import size_breakdown
+    from lwdeploy.converters.tflite_pack import repack
+
+    result, ver = export("tflite", True, net, data, tmp_dir)
+    packed = result.path.read_bytes()
+    model = schema.Model.GetRootAsModel(packed, 0)
+    graph = model.Subgraphs(0)
+    zero_points = [graph.Tensors(i).Quantization().ZeroPointAsNumpy() for i in range(graph.TensorsLength())
+                   if graph.Tensors(i).Quantization() is not None]
+    per_channel = [z for z in zero_points if isinstance(z, np.ndarray) and z.size > 1]
+    assert len(per_channel) > len({z.ctypes.data for z in per_channel})  # tensors share stored vectors
+    # the same model: repacking changes no value (outputs bit for bit), and a second repack saves nothing more
+    assert len(repack(packed)) == len(packed)
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = data[0][:1].numpy()
+    outs = []
+    for content in (packed, _unshared(packed)):
+        it = Interpreter(model_content=content, num_threads=1)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        scale, zp = d["quantization"]
+        it.set_tensor(d["index"], x if d["dtype"] == np.float32 else np.round(x / scale + zp).astype(d["dtype"]))
+        it.invoke()
+        outs.append(it.get_tensor(it.get_output_details()[0]["index"]).copy())
+    assert np.array_equal(*outs)
+    unshared = _unshared(packed)
+    assert len(unshared) > len(packed)
+    full = schema.Model.GetRootAsModel(unshared, 0)
+    saved = (size_breakdown(full, full.Subgraphs(0), len(unshared))["quantization_params"]
+             - size_breakdown(model, graph, len(packed))["quantization_params"])
+    assert 0 < saved <= len(unshared) - len(packed) + 64   # the breakdown counts a shared vector once
+
+
+def _unshared(model_bytes: bytes) -> bytes:
+    """The schema's own object-API packer: every vector written anew (what litert-torch writes)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    builder = flatbuffers.Builder(len(model_bytes))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 class _Residual(torch.nn.Module):
     def __init__(self):
         super().__init__()
