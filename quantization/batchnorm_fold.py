@@ -173,7 +173,7 @@ def _channel_source(chain: list[torch.fx.Node], val: torch.Tensor) -> torch.Tens
     out = probe.contiguous()
     for node in chain:
         out = node.target(out, *node.args[1:], **node.kwargs)
-    if out.shape != val.shape or n < 1:
+    if out.shape != val.shape:
         return None
     src = out.reshape(n, c, -1)[0]                          # (C, H·W): one channel number per row, if a permutation
     if not bool((src == src[:, :1]).all()):
@@ -183,8 +183,8 @@ def _channel_source(chain: list[torch.fx.Node], val: torch.Tensor) -> torch.Tens
 
 
 def batchnorm_through_channel_permutation(gm: torch.fx.GraphModule) -> int:
-    """BatchNorm(shuffle(conv)) → shuffle(BatchNorm'(conv)), BN' being the BN with its channels permuted back;
-    prepare_pt2e then folds BN' into the conv. CondenseNet's dense layer normalises the channel-shuffled output
+    """BatchNorm(shuffle(conv)) → shuffle(BatchNorm'(conv)), BN' being the BN with its channels permuted back,
+    then folded into the conv. CondenseNet's dense layer normalises the channel-shuffled output
     of its 1×1 group conv: each of those 36 BNs stayed a separate op (an int8 1×1 depthwise conv after
     batchnorms_to_depthwise). Only when the conv and every op of the chain have one reader. Returns how many
     BNs were moved."""
