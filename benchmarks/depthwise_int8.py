@@ -1,6 +1,7 @@
 """Is int8 faster than float per layer type, in each runtime? Stacked single-kind layers, both targets (issue #4).
 
-    python benchmarks/depthwise_int8.py                  # 3×3 / 5×5 depthwise and 1×1 pointwise stacks
+    python benchmarks/depthwise_int8.py                  # 3×3 / 5×5 depthwise, 1×1 pointwise, grouped 3×3 / 1×1
+    python benchmarks/depthwise_int8.py --kinds grouped  # only the grouped stacks
     python benchmarks/depthwise_int8.py --threads 2 --rounds 200
 
 The zoo's int8/float latency ratio on ExecuTorch stayed above TFLite's for the depthwise-heavy models
@@ -36,10 +37,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Stack(nn.Module):
     """`blocks` × (conv k×k with `groups` → BN → ReLU6) at constant width, between a stride-4 stem and a head."""
 
-    def __init__(self, channels: int, kernel: int, depthwise: bool, blocks: int = 8):
+    def __init__(self, channels: int, kernel: int, groups: int | str, blocks: int = 8):
         super().__init__()
         self.stem = nn.Conv2d(3, channels, 3, 4, 1)
-        groups = channels if depthwise else 1
+        groups = channels if groups == "dw" else groups
         self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=groups,
                                                             bias=False), nn.BatchNorm2d(channels), nn.ReLU6())
                                     for _ in range(blocks)])
@@ -49,7 +50,10 @@ class Stack(nn.Module):
         return self.head(self.body(self.stem(x)))
 
 
-KINDS = {"depthwise 3×3": (3, True), "depthwise 5×5": (5, True), "pointwise 1×1": (1, False)}
+# (kernel, groups): "dw" = one group per channel. Grouped convs are CondenseNet's (3×3 and 1×1, 8 groups),
+# ShuffleNet v1's and DiCENet's; XNNPACK runs them as IGEMM per group.
+KINDS = {"depthwise 3×3": (3, "dw"), "depthwise 5×5": (5, "dw"), "pointwise 1×1": (1, 1),
+         "grouped 3×3 (8 groups)": (3, 8), "grouped 1×1 (8 groups)": (1, 8)}
 
 
 def _settled(model: nn.Module, images: torch.Tensor) -> nn.Module:
@@ -91,8 +95,10 @@ def bench(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lwdeploy-dw-") as tmp:
         work = Path(tmp)
-        for kind, (k, depthwise) in KINDS.items():
-            model = _settled(Stack(args.channels, k, depthwise, args.blocks), images).eval()
+        for kind, (k, groups) in KINDS.items():
+            if args.kinds and not any(want in kind for want in args.kinds):
+                continue
+            model = _settled(Stack(args.channels, k, groups, args.blocks), images).eval()
             tag = kind.split()[0][:2] + str(k)
             arts = {
                 ("tflite", "float"): ib.export_tflite(lower(model, "tflite", int8=False), example,
@@ -135,6 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--channels", type=int, default=144)
     p.add_argument("--size", type=int, default=56, help="feature-map side inside the stack (input is 4× that)")
     p.add_argument("--blocks", type=int, default=8)
+    p.add_argument("--kinds", nargs="+", help="only the layer kinds whose name contains one of these (e.g. grouped)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calib", type=int, default=16)
     p.add_argument("--warmup", type=int, default=100)
