@@ -140,8 +140,9 @@ def markdown(report: dict) -> str:
         with_qp = [c for c in rs if "qparams_ratio" in c]
         if with_qp:
             shares = sorted(c["qparams_ratio"] / c["size_ratio"] for c in with_qp)
-            lines.append(f"  - {target} int8 files: per-channel quantization parameters (float32 scale + int64 zero "
-                         f"point per channel of every weight and bias) are {shares[0]:.0%}–{shares[-1]:.0%} of the "
+            lines.append(f"  - {target} int8 files: per-channel quantization parameters (a float32 scale per channel of "
+                         f"every weight and bias; int64 zero points, each distinct vector stored once) are "
+                         f"{shares[0]:.0%}–{shares[-1]:.0%} of the "
                          f"bytes (median {shares[len(shares) // 2]:.0%}); without them size would be ≤ "
                          f"{SIZE_TARGET}× on "
                          f"{sum(c['size_ratio'] - c['qparams_ratio'] <= SIZE_TARGET for c in with_qp)}/{len(with_qp)}")
