@@ -90,6 +90,15 @@ def test_user_file_not_a_module(cli, tmp_path):
     assert "has no 'Nope'" in line and "Net" in line
 
 
+def test_user_model_with_one_input_channel_is_told_rgb(cli, tmp_path):
+    src = tmp_path / "grey.py"
+    src.write_text("import torch\nclass Net(torch.nn.Sequential):\n    def __init__(self):\n"
+                   "        super().__init__(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())\n")
+    code, _, err = cli("export", f"{src}:Net", "--resolution", "32", "--out", tmp_path / "o")
+    line = _one_line_error(code, err)
+    assert "does not take a (1, 3, 32, 32) RGB image" in line and "3-channel RGB" in line
+
+
 def test_torchvision_unavailable_is_clear(cli, tmp_path):
     try:
         import torchvision  # noqa: F401

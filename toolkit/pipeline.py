@@ -137,6 +137,9 @@ def check_input_size(net, info, res: int, say=lambda msg: None) -> None:
     error = forward_error(net, res)
     if error is None:
         return
+    if "channels" in error:  # e.g. a user's 1-channel model: no input size helps
+        raise LwdeployError(f"{info.name} does not take a (1, 3, {res}, {res}) RGB image ({error})",
+                            "lwdeploy exports image classifiers with 3-channel RGB input")
     up = None
     if res < info.resolution and "input-size-bound" not in info.tags:  # bound nets are rebuilt per size
         say(f"{info.name} does not run at {res} px: looking for the next size up that it runs at")
