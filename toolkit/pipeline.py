@@ -131,7 +131,7 @@ def build_model(plan: ExportPlan):
 
 
 def check_input_size(net, info, res: int, say=lambda msg: None) -> None:
-    """The model runs at `res` px, or a one-line error that names the smallest size it does run at."""
+    """The model runs at `res` px, or a one-line error that names the next size up it does run at."""
     from lwdeploy.models.input_size import forward_error, next_resolution
 
     error = forward_error(net, res)
