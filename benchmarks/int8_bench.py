@@ -414,7 +414,8 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     res = args.fashion_resolution
     # models whose layers are tied to the input size (DiCENet) are built for the small resolution
     model = zoo.create(name, num_classes=10, **({"resolution": res} if "input-size-bound" in info.tags else {}))
-    if forward_error(model, res) is not None:  # SqueezeNet 1.0's unpadded pools need ≥ 35 px; trained at the next multiple of 8 it runs at
+    # SqueezeNet 1.0's unpadded pools need ≥ 35 px: such a model trains at the next multiple of 8 it runs at
+    if forward_error(model, res) is not None:
         up = next_resolution(model, res + 1, info.resolution)
         if up is None:
             raise RuntimeError(f"{name} does not run at {res} px: {forward_error(model, res)}")
