@@ -500,8 +500,8 @@ def fashion_markdown(rows: list[dict], describe: str = "") -> str:
                          f"{_verdict(r, v)} | {v['top1_agreement']:.3f} |")
     if not cells:
         return "\n".join(lines) + "\n"
-    per_target = "; ".join(f"{t} {sum(v['met'] for _, tt, v in judged if tt == t)}/{sum(tt == t for _, tt, _ in judged)}"
-                           for t in dict.fromkeys(t for _, t, _ in cells))
+    per_target = "; ".join(f"{t} {sum(v['met'] for _, tt, v in judged if tt == t)}/"
+                           f"{sum(tt == t for _, tt, _ in judged)}" for t in dict.fromkeys(t for _, t, _ in cells))
     failed = len(rows) - len({r["model"] for r, _, _ in cells})
     misses = [(r, t, v) for r, t, v in judged if not v["met"]]
     noise = [f"{r['model']} {t}" for r, t, v in misses if v["drop_pt"] - _drop_se(r, v) <= r["tolerance_pt"]]
