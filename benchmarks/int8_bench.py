@@ -89,7 +89,12 @@ def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor:
         edge = litert_torch.convert(gm, (example,), quant_config=QuantConfig(pt2e_quantizer=q))
     else:
         edge = litert_torch.convert(model, (example,))
-    Path(path).write_bytes(edge.model_content())
+    data = edge.model_content()
+    if not vendor:  # what `lwdeploy export` writes: each distinct quantization vector once (tflite_pack.py)
+        from lwdeploy.converters.tflite_pack import repack
+
+        data = repack(data)
+    Path(path).write_bytes(data)
     return Path(path)
 
 
