@@ -55,6 +55,17 @@ def cells(matrix_dir: Path) -> dict[str, dict[str, dict[str, dict]]]:
     return out
 
 
+def merged_cells(folders: list[Path]) -> dict[str, dict[str, dict[str, dict]]]:
+    """cells() of several matrix folders, merged per (model, target, precision): a later folder's cell replaces
+    an earlier one, so a re-export of only some cells (e.g. `--targets tflite --precisions int8`) updates them."""
+    found: dict = {}
+    for folder in folders:
+        for model, by_target in cells(folder).items():
+            for target, by_precision in by_target.items():
+                found.setdefault(model, {}).setdefault(target, {}).update(by_precision)
+    return found
+
+
 def bench(model: str, by_target: dict, args) -> dict:
     any_manifest = next(iter(next(iter(by_target.values())).values()))
     res = any_manifest["model"]["resolution"]
@@ -186,15 +197,12 @@ def main(argv=None) -> int:
     from lwdeploy.atomic import write_bytes, write_json
 
     console = Console(stderr=True)
-    found: dict = {}
     for folder in args.matrix:
         if not (folder / "matrix.json").is_file():
             console.print(f"[red]error:[/] {folder / 'matrix.json'} not found — run `lwdeploy matrix --out "
                           f"{folder}` first")
             return 2
-        for model, by_target in cells(folder).items():   # per cell: a later folder may re-export only some
-            for target, by_precision in by_target.items():
-                found.setdefault(model, {}).setdefault(target, {}).update(by_precision)
+    found = merged_cells(args.matrix)
     torch.set_num_threads(args.threads)
     models = [m for m in found if not args.models or m in args.models]
     rows, missing = [], []

@@ -167,3 +167,26 @@ def test_target_stem_names_fp16_and_coreml_delegate_artifacts():
     assert target_stem("m_fp32", "executorch", plan) == "m_fp32_coreml"
     assert target_stem("m_int8", "tflite", ExportPlan("m", [], Path("."), int8=True, options={"fp16": True})) == "m_int8"
     assert target_stem("m_fp32", "executorch", ExportPlan("m", [], Path("."))) == "m_fp32"
+
+
+def test_zoo_table_merges_matrix_folders_per_cell(tmp_path):
+    from benchmarks.zoo_int8 import merged_cells
+
+    def folder(name, cells):
+        d = tmp_path / name / "artifacts"
+        d.mkdir(parents=True)
+        rows = []
+        for target, precision in cells:
+            art = d / f"m_{precision}.{target}"
+            art.write_text("x")
+            (d / f"m_{precision}.{target}.json").write_text(json.dumps({"artifact": {"from": name}}))
+            rows.append({"model": "m", "target": target, "precision": precision, "ok": True, "artifact": str(art)})
+        (tmp_path / name / "matrix.json").write_text(json.dumps({"rows": rows}))
+        return tmp_path / name
+
+    full = folder("all", [(t, p) for t in ("tflite", "executorch") for p in ("fp32", "int8")])
+    rerun = folder("tflite_int8", [("tflite", "int8")])       # e.g. `--targets tflite --precisions int8`
+    found = merged_cells([full, rerun])["m"]
+    assert found["tflite"]["int8"]["artifact"]["from"] == "tflite_int8"
+    assert found["tflite"]["fp32"]["artifact"]["from"] == "all"              # the other cells stay
+    assert {p: m["artifact"]["from"] for p, m in found["executorch"].items()} == {"fp32": "all", "int8": "all"}
