@@ -159,8 +159,8 @@ def avg_pools_to_depthwise(gm: torch.fx.GraphModule) -> int:
     """aten.avg_pool2d → depthwise conv2d (1/k² weights) [· border map]. Returns the count.
 
     Unpadded pools too: LiteRT's XNNPACK delegate runs AVERAGE_POOL_2D in float only, so CondenseNet's four
-    2×2 transition pools ran on LiteRT's own int8 kernel between 5 partitions (1.5 of 13.8 ms, `lwdeploy
-    profile` of the int8 matrix artifact)."""
+    2×2 transition pools ran on LiteRT's own int8 kernel between 5 partitions (1.5 ms in `lwdeploy profile` of
+    the int8 matrix artifact, taken on a busy box; int8/float went 0.57 → 0.49×, docs/int8_zoo.md)."""
     count = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _AVG_POOLS:
