@@ -68,24 +68,25 @@ WEIGHT_ROUNDING = "nearest"                 # --weight-rounding
 BIAS_CORRECTION = True                      # --no-bias-correction
 
 
-def _quantized(model, example, calib, target, vendor, rounding=None):
+def _quantized(model, example, calib, target, vendor, rounding=None, keep_float=None):
     if vendor:
         return _vendor_quantized(model, example, calib, target)
     from lwdeploy.quantization.pt2e import quantize
 
-    qm = quantize(model, example, target, calib, keep_float_budget=KEEP_FLOAT_BUDGET,
+    qm = quantize(model, example, target, calib, keep_float=keep_float, keep_float_budget=KEEP_FLOAT_BUDGET,
                   weight_rounding=rounding or WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
     return qm.module, qm.quantizer
 
 
-def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False, rounding=None) -> Path:
+def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False, rounding=None,
+                  keep_float=None) -> Path:
     import litert_torch
 
     model = copy.deepcopy(model).eval()
     if int8:
         from litert_torch.quantize.quant_config import QuantConfig
 
-        gm, q = _quantized(model, example, calib or [example], "tflite", vendor, rounding)
+        gm, q = _quantized(model, example, calib or [example], "tflite", vendor, rounding, keep_float)
         edge = litert_torch.convert(gm, (example,), quant_config=QuantConfig(pt2e_quantizer=q))
     else:
         edge = litert_torch.convert(model, (example,))
@@ -99,13 +100,13 @@ def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor:
 
 
 def export_executorch(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False,
-                      rounding=None) -> tuple[Path, dict]:
+                      rounding=None, keep_float=None) -> tuple[Path, dict]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     model = copy.deepcopy(model).eval()
     if int8:
-        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor, rounding)
+        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor, rounding, keep_float)
         ep = torch.export.export(gm, (example,))
     else:
         ep = torch.export.export(model, (example,))
@@ -461,26 +462,53 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
                                      "cpu_s": round(train_cpu, 1)},
                            "test_images": len(x_test), "float_acc": round(float_acc, 2),
                            "tolerance_pt": tolerance, "calibration": images.describe(), "targets": {}}
+    # --keep-float-groups: one more int8 variant per group, its modules (path ending in one of the group's
+    # '|'-separated suffixes) kept float: which layers carry the int8 error?
+    groups = {g: [n for n, _ in model.named_modules() if n and n.endswith(tuple(g.split("|")))]
+              for g in (args.keep_float_groups or "").split(",") if g}
     for target in targets:
-        say(f"{name} / {target}: int8 export + {len(x_test)} test images")
-        try:
-            src = lower(model, target, int8=True, example=example)
-            if target == "tflite":
-                with contextlib.redirect_stdout(sys.stderr):
-                    path = export_tflite(src, example, work / f"{name}_fashion.tflite", int8=True, calib=calib)
-                out = tflite_run(path, x_test, args.threads)
+        for group, paths in [(None, None)] + list(groups.items()):
+            say(f"{name} / {target}: int8 export{f' ({group} float)' if group else ''} + {len(x_test)} test images")
+            try:
+                src = lower(model, target, int8=True, example=example)
+                if target == "tflite":
+                    with contextlib.redirect_stdout(sys.stderr):
+                        path = export_tflite(src, example, work / f"{name}_fashion.tflite", int8=True, calib=calib,
+                                             keep_float=paths)
+                    out = tflite_run(path, x_test, args.threads)
+                else:
+                    path, _ = export_executorch(src, example, work / f"{name}_fashion.pte", int8=True, calib=calib,
+                                                keep_float=paths)
+                    out = executorch_run(path, x_test)
+            except Exception as e:
+                cell = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             else:
-                path, _ = export_executorch(src, example, work / f"{name}_fashion.pte", int8=True, calib=calib)
-                out = executorch_run(path, x_test)
-        except Exception as e:
-            row["targets"][target] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-            continue
-        logits = torch.from_numpy(out).reshape(float_logits.shape)
-        acc = 100.0 * float((logits.argmax(1) == y_test).float().mean())
-        row["targets"][target] = {"int8_acc": round(acc, 2), "drop_pt": round(float_acc - acc, 2),
-                                  "met": float_acc - acc <= tolerance,
-                                  "top1_agreement": float((logits.argmax(1) == float_logits.argmax(1)).float().mean())}
+                logits = torch.from_numpy(out).reshape(float_logits.shape)
+                acc = 100.0 * float((logits.argmax(1) == y_test).float().mean())
+                cell = {"int8_acc": round(acc, 2), "drop_pt": round(float_acc - acc, 2),
+                        "met": float_acc - acc <= tolerance,
+                        "top1_agreement": float((logits.argmax(1) == float_logits.argmax(1)).float().mean())}
+            if group is None:
+                row["targets"][target] = cell
+            else:
+                row.setdefault("keep_float_groups", {}).setdefault(target, {})[group] = {**cell, "modules": len(paths)}
     return row
+
+
+def groups_markdown(rows: list[dict]) -> str:
+    """The --keep-float-groups variants: int8 accuracy with each group of layers kept float."""
+    lines = ["| model | target | kept float | modules | int8 acc % | drop pt | ± s.e. pt | int8/float top-1 agreement |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for target, by_group in (r.get("keep_float_groups") or {}).items():
+            base = r["targets"].get(target, {})
+            for group, v in [("(none)", {**base, "modules": 0})] + list(by_group.items()):
+                if "error" in v:
+                    lines.append(f"| {r['model']} | {target} | {group} | {v['modules']} | FAILED: {v['error']} | | | |")
+                    continue
+                lines.append(f"| {r['model']} | {target} | {group} | {v['modules']} | {v['int8_acc']:.2f} | "
+                             f"{v['drop_pt']:+.2f} | {_drop_se(r, v):.2f} | {v['top1_agreement']:.3f} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def fashion_markdown(rows: list[dict], describe: str = "") -> str:
@@ -636,6 +664,9 @@ def main(argv=None) -> int:
                                                               "runs' JSON files (rows in the order given; a "
                                                               "later file's row for a model replaces an earlier one)")
     p.add_argument("--describe", default="", help="with --fashion: a paragraph put above the table in --docs")
+    p.add_argument("--keep-float-groups", help="with --fashion: comma-separated groups of module-path suffixes "
+                                              "('|' within a group), e.g. '.weights,conv_height|conv_width'; one "
+                                              "more int8 variant per group with those layers float")
     args = p.parse_args(argv)
     if args.fashion and not args.from_json and args.fashion_train > 60000 - FASHION_VAL_IMAGES:
         p.error(f"--fashion-train {args.fashion_train}: at most {60000 - FASHION_VAL_IMAGES}; the train split's last "
@@ -693,6 +724,8 @@ def main(argv=None) -> int:
     write_json(args.out / f"{kind}_{stamp}.json", {"meta": meta, "rows": rows})
     if args.fashion:
         table = fashion_markdown(rows, args.describe)
+        if groups_markdown(rows):
+            table += "\nWith each group of layers kept float (`--keep-float-groups`):\n\n" + groups_markdown(rows)
         (args.out / f"{kind}_{stamp}.md").write_text(table)
         if args.docs:
             write_docs(args.docs, fashion=table)

@@ -474,3 +474,16 @@ def test_fashion_table_from_json_rerun_replaces_row_in_place(tmp_path, capsys):
     models = [ln.split("|")[1].strip() for ln in out.splitlines() if ln.startswith("| ")][1:]
     assert models == ["aa", "bb", "cc"]  # bb's re-run row, in bb's place; its FAILED row is gone
     assert "FAILED" not in out and "| 60.00 |" in out
+
+
+def test_fashion_keep_float_groups_table():
+    from benchmarks.int8_bench import groups_markdown
+
+    cell = {"int8_acc": 70.0, "drop_pt": 0.5, "met": False, "top1_agreement": 0.9}
+    row = {"model": "m", "test_images": 10000, "targets": {"tflite": cell},
+           "keep_float_groups": {"tflite": {".fuse": {**cell, "int8_acc": 70.4, "drop_pt": 0.1, "modules": 16},
+                                            "stem": {"error": "RuntimeError: x", "modules": 6}}}}
+    lines = groups_markdown([row]).splitlines()
+    assert [ln.split("|")[3].strip() for ln in lines[2:]] == ["(none)", ".fuse", "stem"]
+    assert "| 70.40 | +0.10 | 0.32 | 0.900 |" in lines[3] and "FAILED: RuntimeError: x" in lines[4]
+    assert groups_markdown([{k: v for k, v in row.items() if k != "keep_float_groups"}]) == ""
