@@ -495,6 +495,13 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     return row
 
 
+def fashion_tables(rows: list[dict], describe: str = "") -> str:
+    """The accuracy table, and the --keep-float-groups table when the rows have one."""
+    groups = groups_markdown(rows)
+    return fashion_markdown(rows, describe) + (
+        "\nWith each group of layers kept float (`--keep-float-groups`):\n\n" + groups if groups else "")
+
+
 def groups_markdown(rows: list[dict]) -> str:
     """The --keep-float-groups variants: int8 accuracy with each group of layers kept float."""
     lines = ["| model | target | kept float | modules | int8 acc % | drop pt | ± s.e. pt | int8/float top-1 agreement |",
@@ -503,6 +510,7 @@ def groups_markdown(rows: list[dict]) -> str:
         for target, by_group in (r.get("keep_float_groups") or {}).items():
             base = r["targets"].get(target, {})
             for group, v in [("(none)", {**base, "modules": 0})] + list(by_group.items()):
+                group = group.replace("|", "\\|")  # a literal '|' would end the markdown cell
                 if "error" in v:
                     lines.append(f"| {r['model']} | {target} | {group} | {v['modules']} | FAILED: {v['error']} | | | |")
                     continue
@@ -699,7 +707,7 @@ def main(argv=None) -> int:
         for f in args.from_json:
             by_model.update({r["model"]: r for r in json.loads(f.read_text())["rows"]})
         rows = list(by_model.values())
-        table = fashion_markdown(rows, args.describe)
+        table = fashion_tables(rows, args.describe)
         if args.docs:
             write_docs(args.docs, fashion=table)
         print(table)
@@ -723,9 +731,7 @@ def main(argv=None) -> int:
     kind = "int8_fashion" if args.fashion else "int8"
     write_json(args.out / f"{kind}_{stamp}.json", {"meta": meta, "rows": rows})
     if args.fashion:
-        table = fashion_markdown(rows, args.describe)
-        if groups_markdown(rows):
-            table += "\nWith each group of layers kept float (`--keep-float-groups`):\n\n" + groups_markdown(rows)
+        table = fashion_tables(rows, args.describe)
         (args.out / f"{kind}_{stamp}.md").write_text(table)
         if args.docs:
             write_docs(args.docs, fashion=table)
