@@ -392,9 +392,12 @@ def _has_normalization(model) -> bool:
 
 
 @torch.no_grad()
-def _accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
     model.eval()
-    logits = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
+    return torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(1) == y).float().mean())
 
 
@@ -438,21 +441,20 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
     say(f"{name}: training {args.fashion_epochs} epoch(s) on {len(train_ds)} Fashion-MNIST images at {res} px")
     t0, c0 = time.perf_counter(), time.process_time()
     train(model, train_ds, cfg, progress=False)
-    epochs, val_acc = args.fashion_epochs, _accuracy(model, x_val, y_val)
+    epochs, val_acc = args.fashion_epochs, _accuracy(_logits(model, x_val), y_val)
     # "briefly" must still mean "trained": one more epoch (a warm restart of the schedule) while the held-out
     # train images say the model is below --fashion-min-acc, up to --fashion-max-epochs
     while val_acc < args.fashion_min_acc and epochs < args.fashion_max_epochs:
         say(f"{name}: {val_acc:.1f} % on {FASHION_VAL_IMAGES} held-out train images after {epochs} epoch(s); one more")
         train(model, train_ds, replace(cfg, epochs=1, seed=args.seed + epochs), progress=False)
-        epochs, val_acc = epochs + 1, _accuracy(model, x_val, y_val)
+        epochs, val_acc = epochs + 1, _accuracy(_logits(model, x_val), y_val)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     model.eval()
     test_ds = FashionMNIST(train=False, resolution=res, mean=info.mean, std=info.std, limit=args.fashion_test)
     x_test = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
     y_test = test_ds.labels[: len(x_test)]
-    with torch.no_grad():
-        float_logits = torch.cat([model(x_test[i:i + 256]) for i in range(0, len(x_test), 256)])
-    float_acc = 100.0 * float((float_logits.argmax(1) == y_test).float().mean())
+    float_logits = _logits(model, x_test)
+    float_acc = _accuracy(float_logits, y_test)
     tolerance = 0.5 if _has_hswish_or_se(model) else 0.3
     images = fashion_mnist(res, info.mean, info.std, n_calib=args.calib, n_heldout=1, seed=args.seed)
     calib, example = images.calib_batches(), images.calib[:1].clone()
@@ -484,7 +486,7 @@ def bench_fashion(name: str, targets: list[str], args, work: Path, say) -> dict:
                 cell = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             else:
                 logits = torch.from_numpy(out).reshape(float_logits.shape)
-                acc = 100.0 * float((logits.argmax(1) == y_test).float().mean())
+                acc = _accuracy(logits, y_test)
                 cell = {"int8_acc": round(acc, 2), "drop_pt": round(float_acc - acc, 2),
                         "met": float_acc - acc <= tolerance,
                         "top1_agreement": float((logits.argmax(1) == float_logits.argmax(1)).float().mean())}

@@ -187,8 +187,6 @@ def add_metadata(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     Uses the object API of the shipped schema: unpack, append buffers, repack (tflite_pack.repack, which also
     writes each distinct quantization vector once).
     """
-    import numpy as np
-
     from .tflite_pack import repack
 
     def edit(model) -> None:
