@@ -1,4 +1,4 @@
-"""Repack a .tflite with its quantization vectors shared: one copy of each distinct zero-point / scale vector.
+"""Repack a .tflite compactly: one copy of each distinct zero-point / scale vector, tensors named by module path.
 
 Per-channel int8 stores, for every output channel of a weight AND of its int32 bias, a float32 scale and an
 int64 zero point (LiteRT refuses a tensor with fewer zero points than scales). The zero points of symmetric
@@ -9,6 +9,12 @@ same vector, so each distinct vector is written once. The model is the same mode
 values (tests compare the outputs bit for bit).
 
 litert-torch and the schema's object API (`ModelT.Pack`) write every vector anew, hence this packer.
+
+Tensor names: litert-torch names a tensor after the module stack that produced it, every level spelled
+"<qualified.Class>_<attribute>" (`lwdeploy.models.mbconv.MBConvNet/torch.nn.modules.container.Sequential_blocks/
+…/torch.nn.modules.conv.Conv2d_fc1;2`, ~250 bytes), with ";" between the stacks of a fused op. The profiler only
+needs the module path, so each stack is written as "/" + that path (`/blocks.0.0.se.fc1;2`): EfficientNet-B0
+int8 names 103 KB → 10 KB (0.0048× → 0.0005× of the float file). android_app/runner/src/module_path.cc reads both.
 """
 
 from __future__ import annotations
@@ -64,8 +70,30 @@ class _SharedVectors(schema.QuantizationParametersT):
         return schema.QuantizationParametersEnd(builder)
 
 
-def repack(model_bytes: bytes, edit: Callable[[schema.ModelT], None] | None = None) -> bytes:
-    """`model_bytes` unpacked, changed by `edit` (if given), and packed again with shared quantization vectors."""
+def module_path_name(name: str) -> str:
+    """A litert-torch tensor name with each module stack ("pkg.Net/pkg.Block_blocks/…") written as "/blocks.…".
+
+    Names without a stack (I/O, "arith.constant", ";1" suffixes) and stacks of an unexpected form stay as
+    they are; an already short name is returned unchanged."""
+    def stack(component: str) -> str:
+        if "/" not in component or component.startswith("/"):
+            return component
+        attrs = []
+        for seg in component.split("/")[1:]:       # [0] is the root module's class
+            tail = seg.rsplit(".", 1)[-1]          # "<dotted.Class>_<attr>": attr follows the class's first "_"
+            _, sep, attr = tail.partition("_")
+            if not (sep and attr):
+                return component
+            attrs.append(attr)
+        return "/" + ".".join(attrs)
+
+    return ";".join(stack(c) for c in name.split(";"))
+
+
+def repack(model_bytes: bytes, edit: Callable[[schema.ModelT], None] | None = None, *,
+           module_paths: bool = True) -> bytes:
+    """`model_bytes` unpacked, changed by `edit` (if given), and packed again with shared quantization vectors
+    and (`module_paths`) tensors named by module path."""
     import flatbuffers
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
@@ -80,6 +108,8 @@ def repack(model_bytes: bytes, edit: Callable[[schema.ModelT], None] | None = No
     cache: dict = {}
     for graph in model.subgraphs or []:
         for tensor in graph.tensors or []:
+            if module_paths and tensor.name:
+                tensor.name = module_path_name(tensor.name.decode()).encode()
             if tensor.quantization is not None:
                 tensor.quantization = _SharedVectors.wrap(tensor.quantization, cache)
     builder = flatbuffers.Builder(len(model_bytes) + 1024)

@@ -483,6 +483,25 @@ def test_tflite_int8_stores_each_quantization_vector_once(net, data, tmp_dir):
     assert 0 < saved <= len(unshared) - len(packed) + 64   # the breakdown counts a shared vector once
 
 
+def test_tflite_tensors_are_named_by_module_path(net, data, tmp_dir):
+    from ai_edge_litert import schema_py_generated as schema
+
+    from lwdeploy.converters.tflite_pack import module_path_name
+
+    result, _ = export("tflite", True, net, data, tmp_dir)
+    graph = schema.Model.GetRootAsModel(result.path.read_bytes(), 0).Subgraphs(0)
+    names = [graph.Tensors(i).Name().decode() for i in range(graph.TensorsLength())]
+    paths = {c[1:] for n in names for c in n.split(";") if c.startswith("/") and len(c) > 1}
+    assert paths and paths <= {n for n, _ in net.named_modules()}, paths
+    assert not any("torch.nn.modules" in n for n in names)
+    # litert-torch's spelling → "/" + the module path; names without a module stack stay; a short name stays
+    long = "pkg.Net/torch.nn.modules.container.Sequential_blocks/pkg.Block_0/torch.nn.modules.conv.Conv2d_conv;1"
+    assert module_path_name(long) == "/blocks.0.conv;1" == module_path_name("/blocks.0.conv;1")
+    assert module_path_name("pkg.Net/pkg.B_stem/pkg.Act_act_fn;;pkg.Net/pkg.B_stem/C_conv;") == "/stem.act_fn;;/stem.conv;"
+    for kept in ("serving_default_args_0", "arith.constant2", "pkg.Net/not a module", "/act_fn;1"):
+        assert module_path_name(kept) == kept
+
+
 def _unshared(model_bytes: bytes) -> bytes:
     """The schema's own object-API packer: every vector written anew (what litert-torch writes)."""
     import flatbuffers

@@ -37,12 +37,33 @@ def test_op_name_table_matches_installed_litert():
     # a depthwise conv fused with its ReLU, whose name also carries the producer of its input
     ("N/S_blocks/G_ghost1/C_cheap/R_act;;N/S_blocks/G_ghost1/C_primary/R_act;;N/S_blocks/G_ghost1/C_cheap/K_conv;",
      "blocks.ghost1.cheap"),
+    # the same names as lwdeploy's exports write them (converters/tflite_pack.py module_path_name)
+    ("/blocks.0.conv;1", "blocks.0.conv"),
+    ("/stem.bn;;/stem.conv;1", "stem"),
+    ("/stem.act_fn;", "stem.act_fn"),
+    ("/blocks.ghost1.cheap.act;;/blocks.ghost1.primary.act;;/blocks.ghost1.cheap.conv;", "blocks.ghost1.cheap"),
+    ("/;2", "null"),
+    ("arith.constant3", "null"),
     ("serving_default_output_0_output", "null"),
     ("torch.export._trace._non_strict_export.<locals>.Wrapper;3", "null"),
 ])
 def test_runner_maps_tensor_names_to_modules(runner, name, module):
     out = subprocess.run([str(runner), "--module-of", name], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == module
+
+
+def test_runner_reads_repacked_names_as_the_originals(runner):
+    from lwdeploy.converters.tflite_pack import module_path_name
+
+    names = ["pkg.Net/torch.nn.modules.container.Sequential_blocks/pkg.Block_0/torch.nn.modules.conv.Conv2d_conv;1",
+             "pkg.Net/pkg.Block_stem/torch.nn.modules.batchnorm.BatchNorm2d_bn;;pkg.Net/pkg.Block_stem/C_conv;1",
+             "N/S_blocks/G_ghost1/C_cheap/R_act;;N/S_blocks/G_ghost1/C_primary/R_act;;N/S_blocks/G_ghost1/C_cheap/K_conv;"]
+    for name in names:
+        short = module_path_name(name)
+        assert short.startswith("/") and len(short) < len(name)
+        mapped = [subprocess.run([str(runner), "--module-of", n], capture_output=True, text=True,
+                                 check=True).stdout.strip() for n in (name, short)]
+        assert mapped[0] == mapped[1] != "null"
 
 
 def test_runner_rejects_bad_arguments_without_writing(runner, tmp_path):

@@ -24,7 +24,13 @@ bool IsNumber(const std::string& s) {
 }
 
 // One ";"-component → list of attribute names below the root module, or nullopt if it is no module stack.
+// Two spellings: litert-torch's "<pkg.Root>/<pkg.Class>_<attr>/…" and lwdeploy's repacked "/<dotted.module.path>"
+// (converters/tflite_pack.py module_path_name).
 std::optional<std::vector<std::string>> StackOf(const std::string& component) {
+  if (!component.empty() && component[0] == '/') {
+    if (component.size() == 1) return std::vector<std::string>{};  // the root module itself
+    return Split(component.substr(1), '.');
+  }
   const std::vector<std::string> segs = Split(component, '/');
   if (segs.size() < 2) return std::nullopt;  // no nesting: an I/O or wrapper tensor, not a module
   std::vector<std::string> attrs;

@@ -3,6 +3,7 @@
 // litert-torch names every tensor after the FX node's nn_module_stack:
 //   "pkg.Net/torch.nn.modules.container.Sequential_blocks/pkg.Block_0/torch.nn.modules.conv.Conv2d_conv;1"
 // (one "<qualified class>_<attribute>" segment per nesting level; fused ops join several stacks with ";").
+// lwdeploy's exports repack that as "/blocks.0.conv;1" (converters/tflite_pack.py); both spellings are read.
 // XNNPACK then runs its own operators, reported in execution order only; AlignKernels ties each of them
 // to the TFLite op it came from by a monotone alignment on compatible op kinds.
 #pragma once
