@@ -487,3 +487,25 @@ def test_fashion_keep_float_groups_table():
     assert [ln.split("|")[3].strip() for ln in lines[2:]] == ["(none)", ".fuse", "stem"]
     assert "| 70.40 | +0.10 | 0.32 | 0.900 |" in lines[3] and "FAILED: RuntimeError: x" in lines[4]
     assert groups_markdown([{k: v for k, v in row.items() if k != "keep_float_groups"}]) == ""
+
+
+def test_calibration_recipes_change_one_thing_and_put_it_back():
+    import torchao.quantization.pt2e.quantize_pt2e as qp
+
+    import lwdeploy.quantization.fixed_ranges as fixed_ranges
+    from benchmarks.calibration_recipes import _logits_minmax, _relu6_observed, main, markdown
+
+    spec, prepare = fixed_ranges.RELU6_SPEC, qp.prepare_pt2e
+    with _relu6_observed():
+        assert fixed_ranges.RELU6_SPEC is not spec
+        assert "HistogramObserver" in repr(fixed_ranges.RELU6_SPEC.observer_or_fake_quant_ctr)
+    with _logits_minmax():
+        assert qp.prepare_pt2e is not prepare
+    assert fixed_ranges.RELU6_SPEC is spec and qp.prepare_pt2e is prepare
+    with pytest.raises(SystemExit) as exit_:
+        main(["--recipes", "default,no-such-recipe"])     # refused before any model is built
+    assert exit_.value.code == 2
+    fid = {"top1_agreement": 0.947, "top5_containment": 1.0, "output_sqnr_db": 22.55}
+    table = markdown([{"recipe": "default", "target": "executorch", "quantize_cpu_s": 24.5, "fidelity": fid,
+                       "fidelity_first_200": {**fid, "top1_agreement": 0.965}}], 200)
+    assert table.splitlines()[2] == "| executorch | default | 0.947 | 1.000 | 22.55 | 0.965 | 24.5 |"
