@@ -103,10 +103,24 @@ def run_recipe(recipe: str, model, target: str, photos, args) -> dict:
     with torch.no_grad():
         out = torch.cat([qm.module(x.unsqueeze(0)) for x in photos.heldout]).reshape(args.reference.shape)
     row = {"recipe": recipe, "target": target, "quantize_cpu_s": round(cpu, 1),
-           "fidelity": compare_outputs(args.reference, out)}
+           "fidelity": compare_outputs(args.reference, out), "activation_ranges": activation_ranges(qm.module)}
     if 0 < args.subset < len(out):
         row[f"fidelity_first_{args.subset}"] = compare_outputs(args.reference[:args.subset], out[:args.subset])
     return row
+
+
+def activation_ranges(gm: torch.fx.GraphModule) -> dict[str, dict]:
+    """The width (scale × 255) of every int8 activation range, for ReLU6 outputs and for the rest: where a
+    recipe moved the ranges, and how wide the widest ones are."""
+    widths: dict[str, list[float]] = {"relu6": [], "other": []}
+    for n in gm.graph.nodes:
+        if (n.op == "call_function" and str(n.target).startswith("quantized_decomposed.quantize_per_tensor")
+                and len(n.args) > 1 and isinstance(n.args[1], float)):
+            src = n.args[0]
+            clamp = isinstance(src, torch.fx.Node) and any(k in str(src.target) for k in ("hardtanh", "relu6", "clamp"))
+            widths["relu6" if clamp else "other"].append(n.args[1] * 255)
+    return {k: {"n": len(v), "min": round(min(v), 2), "median": round(sorted(v)[len(v) // 2], 2),
+                "max": round(max(v), 2)} for k, v in widths.items() if v}
 
 
 def markdown(rows: list[dict], subset: int) -> str:
@@ -163,7 +177,8 @@ def main(argv=None) -> int:
             print(f"{args.model} / {target}: {recipe}", flush=True)
             rows.append(run_recipe(recipe, model, target, photos, args))
             f = rows[-1]["fidelity"]
-            print(f"  top-1 agree {f['top1_agreement']:.3f}  SQNR {f['output_sqnr_db']:.2f} dB", flush=True)
+            print(f"  top-1 agree {f['top1_agreement']:.3f}  SQNR {f['output_sqnr_db']:.2f} dB  activation ranges "
+                  f"{rows[-1]['activation_ranges']}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"recipes_{args.model}_{time.strftime('%Y%m%d-%H%M%S')}"
