@@ -100,6 +100,9 @@ def run_recipe(recipe: str, model, target: str, photos, args) -> dict:
     with patch:
         qm = quantize(lower(model, target, int8=True, example=example), example, target, calib, **kwargs)
     cpu = time.process_time() - t0
+    if recipe == "relu6-observed" and not qm.scheme["hardsigmoid_fixed_range"].endswith(": 0 MULs"):
+        raise SystemExit(f"error: relu6-observed is for models without hard-sigmoid/hard-swish ({args.model} has "
+                         "them: their fixed ranges assume ReLU6's 6/255 scale); leave that recipe out")
     with torch.no_grad():
         out = torch.cat([qm.module(x.unsqueeze(0)) for x in photos.heldout]).reshape(args.reference.shape)
     row = {"recipe": recipe, "target": target, "quantize_cpu_s": round(cpu, 1),

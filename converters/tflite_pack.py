@@ -90,10 +90,9 @@ def module_path_name(name: str) -> str:
     return ";".join(stack(c) for c in name.split(";"))
 
 
-def repack(model_bytes: bytes, edit: Callable[[schema.ModelT], None] | None = None, *,
-           module_paths: bool = True) -> bytes:
+def repack(model_bytes: bytes, edit: Callable[[schema.ModelT], None] | None = None) -> bytes:
     """`model_bytes` unpacked, changed by `edit` (if given), and packed again with shared quantization vectors
-    and (`module_paths`) tensors named by module path."""
+    and tensors named by module path."""
     import flatbuffers
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
@@ -108,7 +107,7 @@ def repack(model_bytes: bytes, edit: Callable[[schema.ModelT], None] | None = No
     cache: dict = {}
     for graph in model.subgraphs or []:
         for tensor in graph.tensors or []:
-            if module_paths and tensor.name:
+            if tensor.name:
                 tensor.name = module_path_name(tensor.name.decode()).encode()
             if tensor.quantization is not None:
                 tensor.quantization = _SharedVectors.wrap(tensor.quantization, cache)
