@@ -443,16 +443,31 @@ def test_slow_int8_depthwise_picks_5x5_and_channel_multiplier_depthwise_layers_o
     assert len(multipliers) == 7 and all(any(n == k or n.startswith(k + ".") for k in kept) for n in multipliers)
 
 
-def test_executorch_int8_leaves_5x5_depthwise_float_and_tflite_does_not():
-    """ExecuTorch's int8 5×5 depthwise kernel is slower than its float one: those convs stay float there."""
+def test_executorch_int8_leaves_5x5_depthwise_and_rgb_stem_float_and_tflite_does_not():
+    """ExecuTorch's int8 5×5 depthwise kernel and its int8 3-channel stem conv are slower than their float
+    ones: those convs stay float there."""
     model = _ConvsCatBN().eval()
     calib = [torch.randn(1, 3, 16, 16) for _ in range(4)]
     et = quantize(model, calib[0], "executorch", calib)
     tfl = quantize(model, calib[0], "tflite", calib)
     assert et.scheme["float_depthwise"]["layers"] == ["convs.1"] and et.scheme["keep_float"] == []
-    assert "float_depthwise" not in tfl.scheme
+    assert et.scheme["float_stem"]["layers"] == ["stem"]
+    assert "float_depthwise" not in tfl.scheme and "float_stem" not in tfl.scheme
     per_channel = lambda gm: sum("dequantize_per_channel" in o for o in _ops(gm))   # noqa: E731
-    assert (per_channel(et.module), per_channel(tfl.module)) == (2, 3)      # stem + 3×3; TFLite: the 5×5 too
+    assert (per_channel(et.module), per_channel(tfl.module)) == (1, 3)      # the 3×3; TFLite: stem and 5×5 too
+
+
+def test_rgb_stem_is_the_one_conv_reading_the_image():
+    import lwdeploy.models as zoo
+    from lwdeploy.quantization.keep_float import rgb_stem
+
+    x = torch.randn(1, 3, 64, 64)
+    assert rgb_stem(zoo.create("mobilenet_v2_100").eval(), x) == ["stem"]            # a ConvBNAct, kept whole
+    shufflenet = zoo.create("shufflenet_v2_050").eval()
+    assert rgb_stem(shufflenet, x) == ["stem.0"] and shufflenet.get_submodule("stem.0").in_channels == 3
+    assert rgb_stem(_ShuffleSplit().eval(), torch.randn(1, 3, 8, 8)) == []   # two convs read the image: neither
+    gray = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 3, 1), torch.nn.Conv2d(3, 4, 3))
+    assert rgb_stem(gray.eval(), torch.randn(1, 1, 8, 8)) == []              # a later 3-channel conv is no stem
 
 
 def test_fashion_table_from_json_rerun_replaces_row_in_place(tmp_path, capsys):
