@@ -59,13 +59,15 @@ def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
 
 
 def rgb_stem(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
-    """Module path of the stem: the one conv that reads the 3-channel input image itself (with its ConvBNAct),
-    or [] when there is no such single conv (two convs read the input, or something else comes first).
+    """Module path of a small stem: the one conv that reads the 3-channel input image itself (with its
+    ConvBNAct), if its kernel has at most 3×3 taps; [] otherwise (two convs read the input, something else
+    comes first, or a large stem).
 
-    ExecuTorch's XNNPACK runs it faster in float, and the int8 program then quantizes the stem's output
-    instead of the image: ShuffleNet v2 0.5 int8 1.16 → 1.01 ms, GhostNet 3.62 → 3.50 ms, MobileNetV2 3.69 →
-    3.61 ms (CPU time, 1 thread, interleaved with the float program; session 12). Its weights are < 0.1 % of
-    any zoo CNN's."""
+    ExecuTorch's XNNPACK runs a 3×3 stem (a 27-deep dot product per output) faster in float, and the int8
+    program then quantizes the stem's output instead of the image: int8 ShuffleNet v2 0.5 1.16 → 1.01 ms,
+    DiCENet-0.5 3.16 → 2.96 ms, GhostNet 3.62 → 3.50 ms, MobileNetV2 3.69 → 3.61 ms. A 7×7 stem (147 deep) gains
+    from int8 and stays: kept float, SqueezeNet 1.0 went 6.34 → 7.28 ms and SqueezeNeXt 4.03 → 4.47 ms. (CPU
+    time, 1 thread, each int8 pair interleaved with the float program; session 12.)"""
     from lwdeploy.models.layers import ConvBNAct
 
     readers: list[str] = []
@@ -81,7 +83,10 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-    if len(readers) != 1 or convs[readers[0]].in_channels != 3 or convs[readers[0]].groups != 1:
+    if len(readers) != 1:
+        return []
+    conv = convs[readers[0]]
+    if conv.in_channels != 3 or conv.groups != 1 or conv.kernel_size[0] * conv.kernel_size[1] > 9:
         return []
     path = readers[0]
     parent = path.rpartition(".")[0]

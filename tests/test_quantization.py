@@ -465,6 +465,7 @@ def test_rgb_stem_is_the_one_conv_reading_the_image():
     assert rgb_stem(zoo.create("mobilenet_v2_100").eval(), x) == ["stem"]            # a ConvBNAct, kept whole
     shufflenet = zoo.create("shufflenet_v2_050").eval()
     assert rgb_stem(shufflenet, x) == ["stem.0"] and shufflenet.get_submodule("stem.0").in_channels == 3
+    assert rgb_stem(zoo.create("squeezenet_1_0").eval(), x) == []             # a 7×7 stem gains from int8
     assert rgb_stem(_ShuffleSplit().eval(), torch.randn(1, 3, 8, 8)) == []   # two convs read the image: neither
     gray = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 3, 1), torch.nn.Conv2d(3, 4, 3))
     assert rgb_stem(gray.eval(), torch.randn(1, 1, 8, 8)) == []              # a later 3-channel conv is no stem
