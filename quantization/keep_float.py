@@ -58,16 +58,16 @@ def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
     return paths
 
 
-def rgb_stem(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
+def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -> list[str]:
     """Module path of a small stem: the one conv that reads the 3-channel input image itself (with its
-    ConvBNAct), if its kernel has at most 3×3 taps; [] otherwise (two convs read the input, something else
+    ConvBNAct), if its kernel has at most `max_taps` (3×3) taps; [] otherwise (two convs read the input, something else
     comes first, or a large stem).
 
     ExecuTorch's XNNPACK runs a 3×3 stem (a 27-deep dot product per output) faster in float, and the int8
-    program then quantizes the stem's output instead of the image: int8 ShuffleNet v2 0.5 1.16 → 1.01 ms,
+    program then quantizes the stem's output instead of the image: int8 ShuffleNet v2 0.5 1.09 → 1.02 ms,
     DiCENet-0.5 3.16 → 2.96 ms, GhostNet 3.62 → 3.50 ms, MobileNetV2 3.69 → 3.61 ms. A 7×7 stem (147 deep) gains
     from int8 and stays: kept float, SqueezeNet 1.0 went 6.34 → 7.28 ms and SqueezeNeXt 4.03 → 4.47 ms. (CPU
-    time, 1 thread, each int8 pair interleaved with the float program; session 12.)"""
+    time, 1 thread, each int8 pair interleaved with the float program: `python benchmarks/float_stem_ab.py`.)"""
     from lwdeploy.models.layers import ConvBNAct
 
     readers: list[str] = []
@@ -86,7 +86,7 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
     if len(readers) != 1:
         return []
     conv = convs[readers[0]]
-    if conv.in_channels != 3 or conv.groups != 1 or conv.kernel_size[0] * conv.kernel_size[1] > 9:
+    if conv.in_channels != 3 or conv.groups != 1 or conv.kernel_size[0] * conv.kernel_size[1] > max_taps:
         return []
     path = readers[0]
     parent = path.rpartition(".")[0]
