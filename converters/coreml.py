@@ -93,21 +93,12 @@ def prepare_normalisation(model: nn.Module, example: torch.Tensor, mean, std,
 
 def _first_conv_on_input(model: nn.Module, example: torch.Tensor) -> nn.Conv2d | None:
     """The Conv2d that consumes the model's input tensor itself (so folding 1/std into it is exact)."""
-    found: list[nn.Conv2d] = []
+    from lwdeploy.models.input_readers import convs_reading_input
 
-    def hook(module, args):
-        if not found and args and args[0] is example:
-            found.append(module)
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    if found and found[0].groups == 1 and found[0].padding_mode == "zeros" and found[0].in_channels == 3:
-        return found[0]
+    readers = convs_reading_input(model, example)
+    conv = model.get_submodule(readers[0]) if readers else None
+    if conv is not None and conv.groups == 1 and conv.padding_mode == "zeros" and conv.in_channels == 3:
+        return conv
     return None
 
 

@@ -68,30 +68,19 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -
     DiCENet-0.5 3.16 → 2.96 ms, GhostNet 3.62 → 3.50 ms, MobileNetV2 3.69 → 3.61 ms. A 7×7 stem (147 deep) gains
     from int8 and stays: kept float, SqueezeNet 1.0 went 6.34 → 7.28 ms and SqueezeNeXt 4.03 → 4.47 ms. (CPU
     time, 1 thread, each int8 pair interleaved with the float program: `python benchmarks/float_stem_ab.py`.)"""
+    from lwdeploy.models.input_readers import convs_reading_input
     from lwdeploy.models.layers import ConvBNAct
 
-    readers: list[str] = []
-
-    def note(name: str):
-        return lambda _module, args: readers.append(name) if args and args[0] is example else None
-
-    convs = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    hooks = [m.register_forward_pre_hook(note(name)) for name, m in convs.items()]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    readers = convs_reading_input(model, example)
     if len(readers) != 1:
         return []
-    conv = convs[readers[0]]
+    conv = model.get_submodule(readers[0])
     if conv.in_channels != 3 or conv.groups != 1 or conv.kernel_size[0] * conv.kernel_size[1] > max_taps:
         return []
     path = readers[0]
     parent = path.rpartition(".")[0]
     holder = model.get_submodule(parent) if parent else None
-    return [parent] if isinstance(holder, ConvBNAct) and holder.conv is convs[path] else [path]
+    return [parent] if isinstance(holder, ConvBNAct) and holder.conv is conv else [path]
 
 
 def _inside(node: torch.fx.Node, paths: tuple[str, ...]) -> bool:
