@@ -60,8 +60,8 @@ def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
 
 def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -> list[str]:
     """Module path of a small stem: the one conv that reads the 3-channel input image itself (with its
-    ConvBNAct), if its kernel has at most `max_taps` (3×3) taps; [] otherwise (two convs read the input, something else
-    comes first, or a large stem).
+    ConvBNAct), if its kernel has at most `max_taps` (3×3) taps; [] otherwise (two convs read the input,
+    something else comes first, or a large stem).
 
     ExecuTorch's XNNPACK runs a 3×3 stem (a 27-deep dot product per output) faster in float, and the int8
     program then quantizes the stem's output instead of the image: int8 ShuffleNet v2 0.5 1.09 → 1.02 ms,
