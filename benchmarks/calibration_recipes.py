@@ -11,7 +11,7 @@ option in the toolkit unless it measurably helps:
 | recipe | what changes |
 |---|---|
 | `default` | what `lwdeploy export --int8` does |
-| `logits-minmax` | the output (logits) observer is MinMax, not Histogram: a histogram observer clips the tail where the top-1 logit lives |
+| `logits-minmax` | the logits' observer is MinMax, not Histogram (which may clip the tail where the top-1 lives) |
 | `relu6-observed` | conv → ReLU6 outputs on an observed (histogram) range inside [0, 6] instead of the fixed [0, 6] |
 | `calib-N` | N calibration crops instead of `--calib` |
 | `keep-float-F` | the worst layers by per-layer SQNR kept float within MAC share F (`--keep-float-budget F`) |
@@ -186,7 +186,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"recipes_{args.model}_{time.strftime('%Y%m%d-%H%M%S')}"
     meta = {"model": args.model, "pretrained": pretrained, "calib": args.calib, "heldout": args.heldout,
-            "seed": args.seed, "command": "python benchmarks/calibration_recipes.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+            "seed": args.seed,
+            "command": "python benchmarks/calibration_recipes.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=float))
     table = markdown(rows, args.subset if 0 < args.subset < args.heldout else 0)
     stem.with_suffix(".md").write_text(table)

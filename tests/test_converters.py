@@ -497,7 +497,8 @@ def test_tflite_tensors_are_named_by_module_path(net, data, tmp_dir):
     # litert-torch's spelling → "/" + the module path; names without a module stack stay; a short name stays
     long = "pkg.Net/torch.nn.modules.container.Sequential_blocks/pkg.Block_0/torch.nn.modules.conv.Conv2d_conv;1"
     assert module_path_name(long) == "/blocks.0.conv;1" == module_path_name("/blocks.0.conv;1")
-    assert module_path_name("pkg.Net/pkg.B_stem/pkg.Act_act_fn;;pkg.Net/pkg.B_stem/C_conv;") == "/stem.act_fn;;/stem.conv;"
+    fused = "pkg.Net/pkg.B_stem/pkg.Act_act_fn;;pkg.Net/pkg.B_stem/C_conv;"
+    assert module_path_name(fused) == "/stem.act_fn;;/stem.conv;"
     for kept in ("serving_default_args_0", "arith.constant2", "pkg.Net/not a module", "/act_fn;1"):
         assert module_path_name(kept) == kept
 
