@@ -74,7 +74,7 @@ def _relu6_observed():
         fixed_ranges.RELU6_SPEC = original
 
 
-def run_recipe(recipe: str, model, target: str, photos, args) -> dict:
+def run_recipe(recipe: str, model, info, target: str, photos, reference: torch.Tensor, args) -> dict:
     from lwdeploy.quantization.calibration import real_photos
     from lwdeploy.quantization.fidelity import compare_outputs
     from lwdeploy.quantization.lowering import lower
@@ -90,7 +90,6 @@ def run_recipe(recipe: str, model, target: str, photos, args) -> dict:
     elif recipe == "adaround":
         kwargs["weight_rounding"] = "adaround"
     elif recipe.startswith("calib-"):
-        info = args.info
         # new calibration crops only; the held-out crops (and the float reference) stay the same
         calib = real_photos(info.resolution, info.mean, info.std, int(recipe[6:]), 1, args.seed).calib_batches()
     elif recipe.startswith("keep-float-"):
@@ -104,11 +103,11 @@ def run_recipe(recipe: str, model, target: str, photos, args) -> dict:
         raise SystemExit(f"error: relu6-observed is for models without hard-sigmoid/hard-swish ({args.model} has "
                          "them: their fixed ranges assume ReLU6's 6/255 scale); leave that recipe out")
     with torch.no_grad():
-        out = torch.cat([qm.module(x.unsqueeze(0)) for x in photos.heldout]).reshape(args.reference.shape)
+        out = torch.cat([qm.module(x.unsqueeze(0)) for x in photos.heldout]).reshape(reference.shape)
     row = {"recipe": recipe, "target": target, "quantize_cpu_s": round(cpu, 1),
-           "fidelity": compare_outputs(args.reference, out), "activation_ranges": activation_ranges(qm.module)}
+           "fidelity": compare_outputs(reference, out), "activation_ranges": activation_ranges(qm.module)}
     if 0 < args.subset < len(out):
-        row[f"fidelity_first_{args.subset}"] = compare_outputs(args.reference[:args.subset], out[:args.subset])
+        row[f"fidelity_first_{args.subset}"] = compare_outputs(reference[:args.subset], out[:args.subset])
     return row
 
 
@@ -172,13 +171,12 @@ def main(argv=None) -> int:
 
         settle_batchnorm(model, photos.calib)
     with torch.no_grad():
-        args.reference = torch.cat([model(photos.heldout[i:i + 8]) for i in range(0, len(photos.heldout), 8)])
-    args.info = info
+        reference = torch.cat([model(photos.heldout[i:i + 8]) for i in range(0, len(photos.heldout), 8)])
     rows = []
     for target in args.targets.split(","):
         for recipe in args.recipes.split(","):
             print(f"{args.model} / {target}: {recipe}", flush=True)
-            rows.append(run_recipe(recipe, model, target, photos, args))
+            rows.append(run_recipe(recipe, model, info, target, photos, reference, args))
             f = rows[-1]["fidelity"]
             print(f"  top-1 agree {f['top1_agreement']:.3f}  SQNR {f['output_sqnr_db']:.2f} dB  activation ranges "
                   f"{rows[-1]['activation_ranges']}", flush=True)

@@ -58,9 +58,10 @@ def ab(name: str, target: str, work: Path) -> dict:
     finally:
         keep_float.rgb_stem = rule
     paths["int8_float_stem"] = export("int8_float_stem", True, stem)
-    invoker = _executorch_invoker if target == "executorch" else _tflite_invoker
-    runners = {k: (invoker(p, example, 1) if target == "executorch" else invoker(p, 1, example))
-               for k, p in paths.items()}
+    def invoker(path: Path):
+        return _executorch_invoker(path, example, 1) if target == "executorch" else _tflite_invoker(path, 1, example)
+
+    runners = {k: invoker(p) for k, p in paths.items()}
     times = time_interleaved(runners, 100 if target == "tflite" else 30, 50)
     ms = {k: t["cpu_median_ms"] for k, t in times.items()}
     return {"model": name, "stem": stem[0], "ms": ms}

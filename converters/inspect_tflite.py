@@ -185,7 +185,7 @@ def add_metadata(model_bytes: bytes, entries: dict[str, bytes]) -> bytes:
     """Return `model_bytes` with extra Model.metadata entries (name → raw bytes), replacing same names.
 
     Uses the object API of the shipped schema: unpack, append buffers, repack (tflite_pack.repack, which also
-    writes each distinct quantization vector once).
+    writes each distinct quantization vector once and names tensors by module path).
     """
     from .tflite_pack import repack
 

@@ -15,10 +15,10 @@ on SLICE (zero point -127 vs -126), and the padded `nn.AvgPool2d` of DiCENet, NA
     observer; a slice can share its input's);
   - `avg_pool2d` → depthwise `conv2d` with constant 1/k² weights at the pool's stride and padding (equal in
     float to count_include_pad=True; XNNPACK's delegate has no int8 AVERAGE_POOL_2D). With
-    count_include_pad=False the border windows average fewer elements: a MUL by a constant (1,1,Ho,Wo) map k²/count restores exactly that. The conv
-    quantizes per channel without error (every weight is the channel's max → exactly 127·scale), gets its
-    own output range, and runs in XNNPACK int8; the PAD that litert-torch emitted for the pool is gone
-    (the padding is the conv's own).
+    count_include_pad=False the border windows average fewer elements: a MUL by a constant (1,1,Ho,Wo) map
+    k²/count restores exactly that. The conv quantizes per channel without error (every weight is the
+    channel's max → exactly 127·scale), gets its own output range, and runs in XNNPACK int8; the PAD that
+    litert-torch emitted for the pool is gone (the padding is the conv's own).
   The NAS-cell forms that left float islands or split XNNPACK's int8 delegate (issue #4; NASNet-A Mobile had
   28 float CONV_2D, 4 float ADD, 4 float BatchNorm SUB/MUL, 57 DEQUANTIZE / 71 QUANTIZE, 33 partitions):
   - BatchNorm of a cat of convs → folded into each conv (batchnorm_fold.py; pt2e.quantize runs it for every
