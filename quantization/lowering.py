@@ -36,6 +36,8 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   anything larger as a generic IGEMM: in MixNet-S int8 the 14 large ones took 9.4 of 14.1 ms, against
   ~0.04 ms for a 5×5 of the same shape (`lwdeploy profile`, 1 thread). A BatchNorm right after it in a
   ConvBNAct is folded into the tiles first (the sum is no longer a conv that PT2E could fold it into).
+* TFLite and ExecuTorch: a BatchNorm of a cat of convs (MixNet's mixed depthwise conv, NAS cells'
+  FactorizedReduce) is folded into those convs, float and int8 alike (`_fold_batchnorms_after_cat`).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
   input do not match TF "SAME" (which pads 0 before / 1 after), so litert-torch emits a PAD op before each.
   A kernel one tap larger, whose extra last tap is zero, with the same symmetric padding, covers exactly the
@@ -264,21 +266,33 @@ def _fold_batchnorm(convs: list[tuple[nn.Conv2d, int]], bn: nn.BatchNorm2d) -> N
             conv.bias.requires_grad_(conv.weight.requires_grad)  # a new bias (the conv had none) is trainable too
 
 
-def _tile_large_depthwise(model: nn.Module) -> None:
+def _foldable(bn: nn.Module) -> bool:
+    return type(bn) is nn.BatchNorm2d and bn.track_running_stats
+
+
+def _fold_batchnorms_after_cat(model: nn.Module) -> None:
+    """BatchNorm(cat of convs) → each conv takes its slice of the BN: MixNet's mixed depthwise conv in a
+    ConvBNAct, NAS cells' FactorizedReduce. No converter folds a BN that reads a cat, so float exports ran it
+    as its own op (TFLite SUB + MUL, ExecuTorch a 1×1 F32 DWConv, ~0.03 ms each in MixNet-S). int8 folded it
+    on the exported graph already (batchnorm_fold.batchnorm_through_cat), which now finds none left."""
+    from lwdeploy.models.families.nas_cells import FactorizedReduce
     from lwdeploy.models.mbconv import MixedDepthwise
 
-    for m in model.modules():  # BN first: ConvBNAct(conv or MixedDepthwise holding a large depthwise, bn, act)
-        if not (isinstance(m, layers.ConvBNAct) and type(m.bn) is nn.BatchNorm2d and m.bn.track_running_stats):
-            continue
-        if _is_large_depthwise(m.conv):
-            convs = [(m.conv, 0)]
-        elif isinstance(m.conv, MixedDepthwise) and any(_is_large_depthwise(c) for c in m.conv.convs):
+    for m in model.modules():
+        if isinstance(m, layers.ConvBNAct) and isinstance(m.conv, MixedDepthwise) and _foldable(m.bn):
             starts = [sum(m.conv.splits[:i]) for i in range(len(m.conv.splits))]
-            convs = list(zip(m.conv.convs, starts))
-        else:
-            continue
-        _fold_batchnorm(convs, m.bn)
-        m.bn = nn.Identity()
+            _fold_batchnorm(list(zip(m.conv.convs, starts)), m.bn)
+            m.bn = nn.Identity()
+        elif isinstance(m, FactorizedReduce) and _foldable(m.bn):
+            _fold_batchnorm([(m.path1, 0), (m.path2, m.path1.out_channels)], m.bn)
+            m.bn = nn.Identity()
+
+
+def _tile_large_depthwise(model: nn.Module) -> None:
+    for m in model.modules():  # BN first: ConvBNAct(large depthwise conv, bn, act)
+        if isinstance(m, layers.ConvBNAct) and _is_large_depthwise(m.conv) and _foldable(m.bn):
+            _fold_batchnorm([(m.conv, 0)], m.bn)
+            m.bn = nn.Identity()
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if _is_large_depthwise(child):
@@ -314,6 +328,7 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     _fold_se_gates(out)
     # ExecuTorch's XNNPACK runs torch's own hard-swish in int8 (module docstring); LiteRT's does not
     _replace_activations(out, int8 and target != "executorch")
+    _fold_batchnorms_after_cat(out)
     _tile_large_depthwise(out)
     if target == "executorch":
         if int8:

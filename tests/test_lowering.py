@@ -246,6 +246,32 @@ def test_mixnet_large_depthwise_convs_are_tiled_with_their_batchnorm_folded(targ
     assert lower(model, "coreml").state_dict().keys() == model.state_dict().keys()  # Core ML: untouched
 
 
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_batchnorm_of_a_cat_of_convs_is_folded_into_them(target, int8):
+    """MixNet's mixed depthwise conv (3×3 + 5×5, no tile) and NAS cells' FactorizedReduce end in a BN of a cat:
+    after lowering no BN is left there, float included, and the function is the same."""
+    from lwdeploy.models.families.nas_cells import FactorizedReduce
+    from lwdeploy.models.mbconv import MixedDepthwise
+
+    torch.manual_seed(0)
+    mixed = layers.ConvBNAct(12, 12, act="relu")
+    mixed.conv = MixedDepthwise(12, (3, 5), 1)         # as the MixNet builder makes it
+    net = nn.Sequential(mixed, FactorizedReduce(12, 10)).eval()
+    for m in net.modules():           # non-trivial statistics, or the fold would be an identity
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-1, 1)
+    lowered = lower(net, target, int8=int8)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in lowered.modules())
+    assert all(isinstance(m, nn.BatchNorm2d) for m in (net[0].bn, net[1].bn))   # the caller's copy is untouched
+    x = torch.randn(2, 12, 16, 16)
+    with torch.no_grad():
+        assert _rel_err(lowered(x), net(x)) < 1e-5
+
+
 def test_int8_tflite_has_no_transpose_pad_or_float_island():
     """A hard-swish/SE/stride-2 net, quantized with litert-torch's PT2E quantizer: after lowering the .tflite
     has TRANSPOSEs only at the NCHW input/output and no QUANTIZE/DEQUANTIZE inside; before lowering it has both."""
