@@ -14,7 +14,7 @@ import lwdeploy.models as zoo
 from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
 from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d,
-                                            AvgPoolDepthwiseConv, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
+                                            AvgPoolDepthwiseConv, DepthwiseUpsample, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
                                             TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
@@ -270,6 +270,39 @@ def test_batchnorm_of_a_cat_of_convs_is_folded_into_them(target, int8):
     x = torch.randn(2, 12, 16, 16)
     with torch.no_grad():
         assert _rel_err(lowered(x), net(x)) < 1e-5
+
+
+@pytest.mark.parametrize("r,bias", [(2, True), (4, False)])
+def test_depthwise_transposed_conv_becomes_conv_and_pixel_shuffle(r, bias):
+    """EdgeViT's local propagation, ConvTranspose2d(C, C, r, r, groups=C): rewritten for TFLite and ExecuTorch,
+    same function; a transposed conv of another shape stays as it is."""
+    torch.manual_seed(r)
+    up = nn.ConvTranspose2d(6, 6, r, r, groups=6, bias=bias)
+    other = nn.ConvTranspose2d(6, 6, 3, 2, padding=1, groups=6)
+    net = nn.Sequential(up, other).eval()
+    x = torch.randn(2, 6, 5, 7)
+    for target in ("tflite", "executorch"):
+        lowered = lower(net, target, int8=False)
+        assert isinstance(lowered[0], DepthwiseUpsample) and type(lowered[1]) is nn.ConvTranspose2d
+        with torch.no_grad():
+            assert _rel_err(lowered(x), net(x)) < 1e-6
+    assert type(lower(net, "coreml")[0]) is nn.ConvTranspose2d
+
+
+def test_depthwise_upsample_is_not_one_transpose_conv_per_channel_on_tflite(tmp_path):
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # benchmarks/ is a folder, not a package
+    from benchmarks.int8_bench import export_tflite, tflite_op_counts
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ConvTranspose2d(8, 8, 2, 2, groups=8)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    before = tflite_op_counts(export_tflite(net, x, tmp_path / "a.tflite", int8=False))
+    after = tflite_op_counts(export_tflite(lower(net, "tflite", int8=False), x, tmp_path / "b.tflite", int8=False))
+    assert before.get("TRANSPOSE_CONV", 0) == 8                    # litert-torch: one per channel
+    assert after.get("TRANSPOSE_CONV", 0) == 0 and after.get("SLICE", 0) == 0
 
 
 def test_int8_tflite_has_no_transpose_pad_or_float_island():
