@@ -38,8 +38,8 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   ConvBNAct is folded into the tiles first (the sum is no longer a conv that PT2E could fold it into).
 * TFLite and ExecuTorch: a depthwise `ConvTranspose2d` with kernel = stride (EdgeViT's local propagation)
   becomes a 1×1 conv with r² outputs per channel + pixel_shuffle (`DepthwiseUpsample`): litert-torch wrote one
-  TRANSPOSE_CONV per channel (540 in EdgeViT-XXS); float EdgeViT-XXS TFLite 18.8 → 14.2 ms, ExecuTorch
-  18.2 → 16.4 ms (1 thread, interleaved A/B, session 13).
+  TRANSPOSE_CONV per channel (540 in EdgeViT-XXS). EdgeViT-XXS float / int8, TFLite 18.3 → 13.9 / 11.7 → 7.4 ms,
+  ExecuTorch 18.3 → 16.1 / 11.5 → 9.2 ms (`benchmarks/artifacts_ab.py` on the old and new exports, 1 thread).
 * TFLite and ExecuTorch: a BatchNorm of a cat of convs (MixNet's mixed depthwise conv, NAS cells'
   FactorizedReduce) is folded into those convs, float and int8 alike (`_fold_batchnorms_after_cat`).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
