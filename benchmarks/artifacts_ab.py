@@ -14,7 +14,6 @@ Why not across two `zoo_int8.py` tables: a float time alone moves by up to 7 % b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

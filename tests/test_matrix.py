@@ -190,3 +190,25 @@ def test_zoo_table_merges_matrix_folders_per_cell(tmp_path):
     assert found["tflite"]["int8"]["artifact"]["from"] == "tflite_int8"
     assert found["tflite"]["fp32"]["artifact"]["from"] == "all"              # the other cells stay
     assert {p: m["artifact"]["from"] for p, m in found["executorch"].items()} == {"fp32": "all", "int8": "all"}
+
+
+def test_artifacts_ab_times_each_file_and_refuses_what_is_not_an_artifact(tmp_path, capsys):
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import torch
+    from torch import nn
+
+    from benchmarks.artifacts_ab import main
+    from benchmarks.int8_bench import export_tflite
+
+    x = torch.randn(1, 3, 16, 16)
+    small = export_tflite(nn.Conv2d(3, 4, 1).eval(), x, tmp_path / "small.tflite", int8=False)
+    large = export_tflite(nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(6)]).eval(), x,
+                          tmp_path / "large.tflite", int8=False)
+    assert main([str(small), str(large), "--resolution", "16", "--warmup", "2", "--rounds", "5",
+                 "--json", str(tmp_path / "ab.json")]) == 0
+    files = json.loads((tmp_path / "ab.json").read_text())["files"]
+    assert [f["path"] for f in files] == [str(small), str(large)]
+    assert all(f["cpu_median_ms"] >= 0 for f in files)
+    (tmp_path / "notes.txt").write_text("x")
+    assert main([str(tmp_path / "notes.txt")]) == 2
+    assert "not a .tflite or .pte" in capsys.readouterr().err
