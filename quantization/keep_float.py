@@ -58,6 +58,15 @@ def slow_int8_depthwise(model: torch.nn.Module) -> list[str]:
     return paths
 
 
+def layer_norms(model: torch.nn.Module) -> list[str]:
+    """Module paths of the LayerNorms that ExecuTorch's lowering rewrote into XNNPACK ops (lowering.py
+    `LinearMeanLayerNorm`, `ConvMeanLayerNorm`). They stay float in the int8 program, as the native LayerNorm
+    did (no PT2E quantizer annotates layer_norm): a variance taken in int8 would lose the small channels."""
+    from lwdeploy.quantization.lowering import ConvMeanLayerNorm, LinearMeanLayerNorm
+
+    return [name for name, m in model.named_modules() if isinstance(m, (LinearMeanLayerNorm, ConvMeanLayerNorm))]
+
+
 def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -> list[str]:
     """Module path of a small stem: the one conv that reads the 3-channel input image itself (with its
     ConvBNAct), if its kernel has at most `max_taps` (3×3) taps; [] otherwise (two convs read the input,

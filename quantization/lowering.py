@@ -40,6 +40,9 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   becomes a 1×1 conv with r² outputs per channel + pixel_shuffle (`DepthwiseUpsample`): litert-torch wrote one
   TRANSPOSE_CONV per channel (540 in EdgeViT-XXS). EdgeViT-XXS float / int8, TFLite 18.3 → 13.9 / 11.7 → 7.4 ms,
   ExecuTorch 18.3 → 16.1 / 11.5 → 9.2 ms (`benchmarks/artifacts_ab.py` on the old and new exports, 1 thread).
+* ExecuTorch: `nn.LayerNorm` (and EdgeViT's channel LayerNorm) takes its means with a linear (1×1 conv) layer of
+  weights 1/C (`LinearMeanLayerNorm`, `ConvMeanLayerNorm`): the partitioner delegates no layer_norm, so each ran
+  on the portable kernel between partitions. In int8 these stay float (keep_float.layer_norms).
 * TFLite and ExecuTorch: a BatchNorm of a cat of convs (MixNet's mixed depthwise conv, NAS cells'
   FactorizedReduce) is folded into those convs, float and int8 alike (`_fold_batchnorms_after_cat`).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
@@ -236,6 +239,54 @@ def _is_depthwise_upsample(m: nn.Module) -> bool:
             and m.output_padding == (0, 0) and m.dilation == (1, 1) and m.padding_mode == "zeros")
 
 
+class LinearMeanLayerNorm(nn.Module):
+    """`nn.LayerNorm` over the last dim, with its means taken by a linear layer of weights 1/C (same function).
+    ExecuTorch's XNNPACK partitioner takes no layer_norm (and mean.dim only over a 4-D map's H×W), so every
+    LayerNorm ran on the portable kernel between two partitions: ~4.5 ms of EdgeViT-XXS's 9.1 ms int8 program
+    (`lwdeploy profile`). A linear, a subtraction, a multiply, rsqrt and an add are all XNNPACK ops."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        channels = norm.normalized_shape[-1]
+        self.eps = norm.eps
+        self.register_buffer("mean_weight", torch.full((1, channels), 1.0 / channels))
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - F.linear(x, self.mean_weight)
+        y = centred * torch.rsqrt(F.linear(centred * centred, self.mean_weight) + self.eps)
+        return y * self.weight + self.bias
+
+
+class ConvMeanLayerNorm(nn.Module):
+    """A LayerNorm over the channels of an NCHW map (EdgeViT's ChannelLayerNorm: permute, LayerNorm, permute back)
+    with its means taken by a 1×1 conv of weights 1/C: no permutes, every op an XNNPACK one (same function)."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        channels = norm.normalized_shape[-1]
+        self.eps = norm.eps
+        self.register_buffer("mean_weight", torch.full((1, channels, 1, 1), 1.0 / channels))
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - F.conv2d(x, self.mean_weight)
+        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.mean_weight) + self.eps)
+        return y * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+
+
+def _is_plain_layernorm(m: nn.Module, cls: type) -> bool:
+    return (type(m) is cls and len(m.normalized_shape) == 1 and m.elementwise_affine
+            and m.weight is not None and m.bias is not None)
+
+
+def _xnnpack_layernorms(model: nn.Module) -> None:
+    from lwdeploy.models.families.edgevit import ChannelLayerNorm
+
+    _replace_modules(model, lambda m: _is_plain_layernorm(m, nn.LayerNorm), LinearMeanLayerNorm)
+    _replace_modules(model, lambda m: _is_plain_layernorm(m, ChannelLayerNorm), ConvMeanLayerNorm)
+
+
 class TiledDepthwiseConv2d(nn.Module):
     """A depthwise Conv2d as a sum of depthwise convs of ≤ 25 taps (same function).
 
@@ -364,6 +415,7 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     _tile_large_depthwise(out)
     _replace_modules(out, _is_depthwise_upsample, DepthwiseUpsample)
     if target == "executorch":
+        _xnnpack_layernorms(out)
         if int8:
             channels = input_channels(out, [m for m in out.modules() if _is_conv_like_avg_pool(m)], example)
             _replace_modules(out, lambda m: m in channels, lambda pool: AvgPoolDepthwiseConv(pool, channels[pool]))

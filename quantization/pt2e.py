@@ -197,13 +197,16 @@ def quantize(
     keep_float = list(keep_float or [])
     slow_depthwise: list[str] = []
     float_stem: list[str] = []
+    float_layernorms: list[str] = []
     if builder == "executorch":
-        from lwdeploy.quantization.keep_float import rgb_stem, slow_int8_depthwise
+        from lwdeploy.quantization.keep_float import layer_norms, rgb_stem, slow_int8_depthwise
 
         slow_depthwise = [p for p in slow_int8_depthwise(model) if p not in keep_float]
         keep_float += slow_depthwise
         float_stem = [p for p in rgb_stem(model, example) if p not in keep_float]
         keep_float += float_stem
+        float_layernorms = [p for p in layer_norms(model) if p not in keep_float]
+        keep_float += float_layernorms
     corrected = 0
     if weight_rounding not in ("nearest", "adaround"):
         raise LwdeployError(f"unknown weight rounding {weight_rounding!r}", "one of: nearest, adaround")
@@ -274,7 +277,7 @@ def quantize(
         "per_channel": True,
         "static": True,
         "calibration_images": n_images,
-        "keep_float": [p for p in keep_float if p not in slow_depthwise + float_stem],
+        "keep_float": [p for p in keep_float if p not in slow_depthwise + float_stem + float_layernorms],
         "relu6_fixed_range": "conv/linear/add → ReLU6 outputs quantized on [0, 6] (scale 6/255, zero point -128)",
         "hardsigmoid_fixed_range": "relu6(·)·c outputs on [0, 6c] (hard-sigmoid: [0, 1], scale 1/255, zero point "
                                    f"-128): {fixed_ranges.fixed_hardsigmoids} MULs",
@@ -296,6 +299,10 @@ def quantize(
     if float_stem:
         scheme["float_stem"] = {"layers": float_stem, "why": "XNNPACK runs the 3-channel stem conv faster in float; "
                                 "the program quantizes its output instead of the image (keep_float.rgb_stem)"}
+    if float_layernorms:
+        scheme["float_layernorm"] = {"layers": float_layernorms, "why": "LayerNorms written as XNNPACK ops "
+                                     "(lowering.LinearMeanLayerNorm) stay float, as a native layer_norm would "
+                                     "(keep_float.layer_norms)"}
     if slow_depthwise:
         scheme["float_depthwise"] = {"layers": slow_depthwise, "why": "XNNPACK's int8 depthwise kernel with 10-25 "
                                      "taps, and its grouped IGEMM for channel-multiplier depthwise convs, are "

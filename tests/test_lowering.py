@@ -356,3 +356,57 @@ def test_same_seed_gives_the_same_int8_artifact_bytes():
     first = build(1)
     assert build(1) == first
     assert build(2) != first          # and the seed really reaches the calibration set
+
+
+class _TokensAndMap(nn.Module):
+    """A map normalised over its channels (EdgeViT's ChannelLayerNorm), then tokens through a LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        from lwdeploy.models.families.edgevit import ChannelLayerNorm
+
+        self.embed = nn.Conv2d(3, 12, 4, 4)
+        self.map_norm = ChannelLayerNorm(12)
+        self.norm = nn.LayerNorm(12, eps=1e-6)
+        self.fc = nn.Linear(12, 5)
+        for norm in (self.map_norm, self.norm):
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.map_norm(self.embed(x)).flatten(2).transpose(1, 2)
+        return self.fc(self.norm(t))
+
+
+def test_executorch_layernorms_are_xnnpack_ops_with_the_same_function():
+    from lwdeploy.quantization.lowering import ConvMeanLayerNorm, LinearMeanLayerNorm
+
+    torch.manual_seed(0)
+    net = _TokensAndMap().eval()
+    lowered = lower(net, "executorch", int8=False)
+    assert isinstance(lowered.map_norm, ConvMeanLayerNorm) and isinstance(lowered.norm, LinearMeanLayerNorm)
+    assert type(lower(net, "tflite", int8=False).norm) is nn.LayerNorm      # litert-torch decomposes its own
+    x = torch.randn(2, 3, 16, 16) * 3 + 1
+    with torch.no_grad():
+        assert _rel_err(lowered(x), net(x)) < 1e-5
+
+
+def test_executorch_layernorms_run_inside_one_xnnpack_partition_and_stay_float_in_int8():
+    pytest.importorskip("executorch", reason="executorch not installed")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from lwdeploy.quantization import quantize
+
+    torch.manual_seed(0)
+    net, x = _TokensAndMap().eval(), torch.randn(1, 3, 16, 16)
+
+    def outside(model) -> list[str]:
+        edge = to_edge_transform_and_lower(torch.export.export(model, (x,)), partitioner=[XnnpackPartitioner()])
+        return [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
+                and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)]
+
+    assert any("layer_norm" in t for t in outside(net))                    # the native op is not delegated
+    assert outside(lower(net, "executorch", int8=False)) == []
+    q = quantize(lower(net, "executorch"), x, "executorch", [torch.randn(1, 3, 16, 16) for _ in range(4)])
+    assert q.scheme["float_layernorm"]["layers"] == ["map_norm", "norm"]
