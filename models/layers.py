@@ -182,6 +182,22 @@ class ClassifierHead(nn.Module):
         return self.fc(self.dropout(self.flatten(x)))
 
 
+def multi_head_attention(qkv: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale)·v per head, for (B, N, 3·C) projected tokens → (B, N, C), written with 3-D batched
+    matmuls over B·heads. A 4-D `@` is decomposed by ExecuTorch into expand_copy / squeeze_copy around a bmm,
+    which its XNNPACK partitioner does not take (EdgeViT-XXS: 2 graph breaks per attention), and unbind into a
+    select + squeeze_copy, another one."""
+    b, c = qkv.shape[0], qkv.shape[-1] // 3
+
+    def split_heads(t: torch.Tensor) -> torch.Tensor:       # (B, N, C) → (B·heads, N, d)
+        return t.unflatten(-1, (heads, -1)).transpose(1, 2).flatten(0, 1)
+
+    # slices, not unbind/chunk: those become select/squeeze or split copies that the partitioner leaves out
+    q, k, v = (split_heads(qkv[..., i * c:(i + 1) * c]) for i in range(3))
+    attn = torch.bmm(q * scale, k.transpose(1, 2)).softmax(dim=-1)
+    return torch.bmm(attn, v).unflatten(0, (b, heads)).transpose(1, 2).flatten(2)
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle as unflatten/transpose/flatten: no shape is read from the tensor, so it
     exports with static sizes and converts to one reshape-transpose-reshape on every runtime."""

@@ -230,7 +230,11 @@ class DepthwiseUpsample(nn.Module):
         self.conv.requires_grad_(up.weight.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(self.conv(x), self.r)
+        # pixel_shuffle written out: ExecuTorch decomposes F.pixel_shuffle with a clone its partitioner leaves out
+        n, _, h, w = x.shape
+        r = self.r
+        y = self.conv(x).reshape(n, -1, r, r, h, w).permute(0, 1, 4, 2, 5, 3)
+        return y.reshape(n, -1, h * r, w * r)
 
 
 def _is_depthwise_upsample(m: nn.Module) -> bool:
@@ -242,8 +246,9 @@ def _is_depthwise_upsample(m: nn.Module) -> bool:
 class LinearMeanLayerNorm(nn.Module):
     """`nn.LayerNorm` over the last dim, with its means taken by a linear layer of weights 1/C (same function).
     ExecuTorch's XNNPACK partitioner takes no layer_norm (and mean.dim only over a 4-D map's H×W), so every
-    LayerNorm ran on the portable kernel between two partitions: ~4.5 ms of EdgeViT-XXS's 9.1 ms int8 program
-    (`lwdeploy profile`). A linear, a subtraction, a multiply, rsqrt and an add are all XNNPACK ops."""
+    LayerNorm ran on the portable kernel between two partitions. A linear, a subtraction, a multiply, rsqrt and
+    an add are all XNNPACK ops: EdgeViT-XXS 51 → 27 partitions, int8 9.12 → 8.19 ms, float 16.15 → 15.15 ms
+    (`benchmarks/artifacts_ab.py` on the two exports, 1 thread)."""
 
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()

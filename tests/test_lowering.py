@@ -410,3 +410,33 @@ def test_executorch_layernorms_run_inside_one_xnnpack_partition_and_stay_float_i
     assert outside(lower(net, "executorch", int8=False)) == []
     q = quantize(lower(net, "executorch"), x, "executorch", [torch.randn(1, 3, 16, 16) for _ in range(4)])
     assert q.scheme["float_layernorm"]["layers"] == ["map_norm", "norm"]
+
+
+def test_attention_is_plain_attention_and_runs_inside_xnnpack():
+    """models.layers.multi_head_attention (MobileViT, EdgeViT): the textbook 4-D formulation's values, with no op
+    that ExecuTorch's XNNPACK partitioner leaves outside (a 4-D `@` left expand/squeeze copies, unbind a select)."""
+    pytest.importorskip("executorch", reason="executorch not installed")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from lwdeploy.models.layers import multi_head_attention
+
+    torch.manual_seed(0)
+    qkv, heads, scale = torch.randn(2, 10, 3 * 12), 3, 0.5
+    q, k, v = qkv.unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+    reference = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    torch.testing.assert_close(multi_head_attention(qkv, heads, scale), reference.transpose(1, 2).flatten(2))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(12, 36)
+
+        def forward(self, x):
+            return multi_head_attention(self.qkv(x), heads, scale)
+
+    edge = to_edge_transform_and_lower(torch.export.export(Block().eval(), (torch.randn(2, 10, 12),)),
+                                       partitioner=[XnnpackPartitioner()])
+    outside = [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
+               and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)]
+    assert outside == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import init_weights
+from ..layers import init_weights, multi_head_attention
 from ..registry import register_variants
 
 
@@ -63,9 +63,7 @@ class GlobalSparseAttn(nn.Module):
         """x: NCHW map → (B, H·W, C) tokens."""
         sub = self.sampler(x)
         t = sub.flatten(2).transpose(1, 2)
-        q, k, v = self.qkv(t).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        y = (attn @ v).transpose(1, 2).flatten(2)                        # B, h·w, C
+        y = multi_head_attention(self.qkv(t), self.heads, self.scale)    # B, h·w, C
         y = self.local_prop(y.transpose(1, 2).reshape_as(sub))           # back to the full map
         return self.proj(self.norm(y.flatten(2).transpose(1, 2)))
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ClassifierHead, ConvBNAct, InvertedResidual, init_weights, make_activation, make_divisible
+from ..layers import (ClassifierHead, ConvBNAct, InvertedResidual, init_weights, make_activation, make_divisible,
+                      multi_head_attention)
 from ..registry import register_variants
 
 
@@ -23,9 +24,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).flatten(2))
+        return self.proj(multi_head_attention(self.qkv(x), self.heads, self.scale))
 
     @staticmethod
     def extra_macs(inputs, output) -> int:
