@@ -430,6 +430,17 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
         _fold_explicit_pads(out)
         if not int8:
             _replace_padded_avg_pools(out, False, ExcludePadAvgPool2d)
+            # a 1×1 pool is a strided subsample (EdgeViT's sampler); LiteRT's XNNPACK delegate takes no 1×1
+            # AVERAGE_POOL_2D, so each split the float graph (int8 writes every small pool as a conv already)
+            ones = [m for m in out.modules() if _is_conv_like_avg_pool(m) and _pool_taps(m) == 1]
+            channels = input_channels(out, ones, example)
+            _replace_modules(out, lambda m: m in channels, lambda pool: AvgPoolDepthwiseConv(pool, channels[pool]))
+            # litert-torch writes a BN it cannot fold as SUB + MUL (+ its ReLU): as a 1×1 depthwise conv it is one
+            # op with the ReLU fused (CondenseNet's 73 pre-activation BNs, DiCENet's 16; int8 does this on the graph)
+            for path in _standalone_batchnorms(out, example):
+                parent, _, name = path.rpartition(".")
+                holder = out.get_submodule(parent) if parent else out
+                setattr(holder, name, BatchNormDepthwise(getattr(holder, name)))
         if tf_same_kernels:
             _same_pad_convs(out)
     return out.train(was_training)
@@ -492,10 +503,63 @@ def _is_conv_like_avg_pool(m: nn.Module) -> bool:
     int8↔float Converts. A global pool (> 25 taps) stays: as a conv it would be an IGEMM."""
     if type(m) is not nn.AvgPool2d or m.ceil_mode or m.divisor_override is not None:
         return False
-    k = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)
     if m.padding in (0, (0, 0)):
-        return k[0] * k[1] <= 25
+        return _pool_taps(m) <= 25
     return m.count_include_pad
+
+
+def _pool_taps(m: nn.AvgPool2d) -> int:
+    k = (m.kernel_size, m.kernel_size) if isinstance(m.kernel_size, int) else tuple(m.kernel_size)
+    return k[0] * k[1]
+
+
+class BatchNormDepthwise(nn.Conv2d):
+    """An eval-mode BatchNorm2d as the 1×1 depthwise conv it is: weight γ/√(σ² + ε), bias β − μ·γ/√(σ² + ε)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__(bn.num_features, bn.num_features, 1, groups=bn.num_features, bias=True)
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
+            self.weight.copy_(scale.reshape(-1, 1, 1, 1))
+            self.bias.copy_(shift)
+
+
+def _standalone_batchnorms(model: nn.Module, example: torch.Tensor | None) -> list[str]:
+    """Module paths of the eval-mode BatchNorm2ds that no conv feeds alone (a pre-activation BN after a cat, a BN
+    on a conv that others read too), found on the exported graph: a module does not know what feeds it. Only
+    when some BN is not the next sibling of a conv (ConvBNAct's are, and then no export is spent)."""
+    from lwdeploy.quantization.batchnorm_fold import _CONVS, _eval_batchnorms
+    from lwdeploy.quantization.capture import capture
+    from lwdeploy.quantization.keep_float import _node_paths
+
+    after_conv = set()
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for (_, before), (name, child) in zip(children, children[1:]):
+            if isinstance(before, nn.Conv2d) and type(child) is nn.BatchNorm2d:
+                after_conv.add(f"{parent_name}.{name}" if parent_name else name)
+    if not any(type(m) is nn.BatchNorm2d and m.track_running_stats and name not in after_conv
+               for name, m in model.named_modules()):
+        return []
+    if example is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        example = torch.zeros(1, first.in_channels if first is not None else 3, 224, 224)
+    try:
+        graph = capture(model, example)
+    except Exception:  # noqa: BLE001 — a model torch.export cannot trace: its BNs stay as they are
+        return []
+    paths = []
+    for bn in _eval_batchnorms(graph):
+        source = bn.args[0]
+        if isinstance(source, torch.fx.Node) and source.target in _CONVS and len(source.users) == 1:
+            continue                                      # the converter folds it into that conv
+        names = _node_paths(bn)
+        if names and type(model.get_submodule(names[-1])) is nn.BatchNorm2d:
+            paths.append(names[-1])
+    return list(dict.fromkeys(paths))
 
 
 def _replace_padded_avg_pools(model: nn.Module, count_include_pad: bool, form) -> None:

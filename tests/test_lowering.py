@@ -440,3 +440,45 @@ def test_attention_is_plain_attention_and_runs_inside_xnnpack():
     outside = [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
                and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)]
     assert outside == []
+
+
+def test_tflite_float_one_by_one_pool_is_a_strided_depthwise_conv():
+    """EdgeViT's sampler, AvgPool2d(1, s), is a strided subsample; LiteRT's XNNPACK delegate runs no 1×1 pool."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(1, 2), nn.AvgPool2d(3, 1)).eval()
+    lowered = lower(net, "tflite", int8=False, example=torch.randn(1, 3, 16, 16))
+    assert isinstance(lowered[1], AvgPoolDepthwiseConv) and lowered[1].stride == (2, 2)
+    assert type(lowered[2]) is nn.AvgPool2d                    # XNNPACK runs a real float pool itself
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert _rel_err(lowered(x), net(x)) < 1e-6
+
+
+class _PreActivation(nn.Module):
+    """A dense layer: cat → BN → ReLU → conv (the BN has no conv of its own), after a ConvBNAct (whose BN folds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = layers.ConvBNAct(3, 8, 3, act="relu")
+        self.norm = nn.BatchNorm2d(11)
+        self.conv = nn.Conv2d(11, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.relu(self.norm(torch.cat([self.stem(x), x], dim=1))))
+
+
+def test_tflite_float_standalone_batchnorm_is_a_depthwise_conv_and_a_conv_bn_stays():
+    from lwdeploy.quantization.lowering import BatchNormDepthwise
+
+    torch.manual_seed(0)
+    net = _PreActivation().eval()
+    for bn in (net.norm, net.stem.bn):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 12, 12)
+    lowered = lower(net, "tflite", int8=False, example=x[:1])
+    assert isinstance(lowered.norm, BatchNormDepthwise) and type(lowered.stem.bn) is nn.BatchNorm2d
+    assert type(lower(net, "executorch", int8=False).norm) is nn.BatchNorm2d   # XNNPACK's partitioner does this
+    with torch.no_grad():
+        assert _rel_err(lowered(x), net(x)) < 1e-5
