@@ -256,13 +256,15 @@ class LinearMeanLayerNorm(nn.Module):
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
         channels = norm.normalized_shape[-1]
-        self.eps = norm.eps
         self.register_buffer("mean_weight", torch.full((1, channels), 1.0 / channels))
+        # ε as the variance layer's bias, not an add after it: coremltools' linear-bias fusion fails on a scalar
+        # added to a 1-wide linear (IndexError), and Core ML shares this lowering in `--target all --int8`
+        self.register_buffer("eps_bias", torch.full((1,), float(norm.eps)))
         self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - F.linear(x, self.mean_weight)
-        y = centred * torch.rsqrt(F.linear(centred * centred, self.mean_weight) + self.eps)
+        y = centred * torch.rsqrt(F.linear(centred * centred, self.mean_weight, self.eps_bias))
         return y * self.weight + self.bias
 
 
@@ -273,13 +275,13 @@ class ConvMeanLayerNorm(nn.Module):
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
         channels = norm.normalized_shape[-1]
-        self.eps = norm.eps
         self.register_buffer("mean_weight", torch.full((1, channels, 1, 1), 1.0 / channels))
+        self.register_buffer("eps_bias", torch.full((1,), float(norm.eps)))     # as LinearMeanLayerNorm's
         self.weight, self.bias = norm.weight, norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - F.conv2d(x, self.mean_weight)
-        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.mean_weight) + self.eps)
+        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.mean_weight, self.eps_bias))
         return y * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
 
 

@@ -482,3 +482,16 @@ def test_tflite_float_standalone_batchnorm_is_a_depthwise_conv_and_a_conv_bn_sta
     assert type(lower(net, "executorch", int8=False).norm) is nn.BatchNorm2d   # XNNPACK's partitioner does this
     with torch.no_grad():
         assert _rel_err(lowered(x), net(x)) < 1e-5
+
+
+def test_executorch_layernorm_forms_convert_to_core_ml():
+    """`--target all --int8` hands ExecuTorch's lowering to Core ML too; coremltools' linear-bias fusion raised
+    IndexError on ε added after the 1-wide variance linear, so ε is that layer's bias."""
+    ct = pytest.importorskip("coremltools", reason="coremltools not installed")
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    lowered = lower(_TokensAndMap().eval(), "executorch", int8=False)
+    program = torch.export.export(lowered, (x,)).run_decompositions({})
+    mlmodel = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17)
+    ops = {op.op_type for f in mlmodel._mil_program.functions.values() for op in f.operations}
+    assert "rsqrt" in ops and "linear" in ops
