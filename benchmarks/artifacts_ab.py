@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_bench import _executorch_invoker, _tflite_invoker, time_interleaved  # noqa: E402
+from int8_bench import invoker, time_interleaved  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     runners = {}
     for i, f in enumerate(args.files):    # the index keeps two files of the same name apart
         key = f"{i}:{f}"
-        runners[key] = _tflite_invoker(f, 1, x) if f.suffix == ".tflite" else _executorch_invoker(f, x, 1)
+        runners[key] = invoker(f, x)
     timed = time_interleaved(runners, args.warmup, args.rounds)
     for key, t in timed.items():
         print(f"{t['cpu_median_ms']:9.3f} ms  {key.split(':', 1)[1]}")

@@ -114,8 +114,7 @@ def bench(args) -> list[dict]:
             }
             runners = {}
             for (target, variant), path in arts.items():
-                runners[(target, variant)] = (ib._tflite_invoker(path, args.threads, example) if target == "tflite"
-                                              else ib._executorch_invoker(path, example, args.threads))
+                runners[(target, variant)] = ib.invoker(path, example, args.threads)
             times = ib.time_interleaved(runners, args.warmup, args.rounds)
             clock = "cpu_median_ms" if args.threads == 1 else "median_ms"
             for (target, variant), t in times.items():

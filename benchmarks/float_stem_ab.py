@@ -22,8 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.int8_bench import (_executorch_invoker, _tflite_invoker, export_executorch,  # noqa: E402
-                                   export_tflite, time_interleaved)
+from benchmarks.int8_bench import export_executorch, export_tflite, invoker, time_interleaved  # noqa: E402
 
 
 def ab(name: str, target: str, work: Path) -> dict:
@@ -58,10 +57,7 @@ def ab(name: str, target: str, work: Path) -> dict:
     finally:
         keep_float.rgb_stem = rule
     paths["int8_float_stem"] = export("int8_float_stem", True, stem)
-    def invoker(path: Path):
-        return _executorch_invoker(path, example, 1) if target == "executorch" else _tflite_invoker(path, 1, example)
-
-    runners = {k: invoker(p) for k, p in paths.items()}
+    runners = {k: invoker(p, example) for k, p in paths.items()}
     times = time_interleaved(runners, 100 if target == "tflite" else 30, 50)
     ms = {k: t["cpu_median_ms"] for k, t in times.items()}
     return {"model": name, "stem": stem[0], "ms": ms}

@@ -237,6 +237,12 @@ def _executorch_invoker(path: Path, x: torch.Tensor, threads: int):
     return lambda: method.execute([x])
 
 
+def invoker(path: Path, x: torch.Tensor, threads: int = 1):
+    """A no-arg callable that runs the exported file once on `x`: a .tflite in the LiteRT interpreter, a .pte in
+    the ExecuTorch runtime (by suffix)."""
+    return _tflite_invoker(path, threads, x) if Path(path).suffix == ".tflite" else _executorch_invoker(path, x, threads)
+
+
 # ------------------------------------------------------------------------------------------------ bench
 
 def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:

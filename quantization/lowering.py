@@ -262,26 +262,29 @@ class LinearMeanLayerNorm(nn.Module):
         self.register_buffer("eps_bias", torch.full((1,), float(norm.eps)))
         self.weight, self.bias = norm.weight, norm.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - F.linear(x, self.mean_weight)
-        y = centred * torch.rsqrt(F.linear(centred * centred, self.mean_weight, self.eps_bias))
+    def _mean(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, self.mean_weight, bias)
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.weight + self.bias
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self._mean(x)
+        return self._affine(centred * torch.rsqrt(self._mean(centred * centred, self.eps_bias)))
 
-class ConvMeanLayerNorm(nn.Module):
+
+class ConvMeanLayerNorm(LinearMeanLayerNorm):
     """A LayerNorm over the channels of an NCHW map (EdgeViT's ChannelLayerNorm: permute, LayerNorm, permute back)
     with its means taken by a 1×1 conv of weights 1/C: no permutes, every op an XNNPACK one (same function)."""
 
     def __init__(self, norm: nn.LayerNorm):
-        super().__init__()
-        channels = norm.normalized_shape[-1]
-        self.register_buffer("mean_weight", torch.full((1, channels, 1, 1), 1.0 / channels))
-        self.register_buffer("eps_bias", torch.full((1,), float(norm.eps)))     # as LinearMeanLayerNorm's
-        self.weight, self.bias = norm.weight, norm.bias
+        super().__init__(norm)
+        self.mean_weight = self.mean_weight.reshape(1, -1, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - F.conv2d(x, self.mean_weight)
-        y = centred * torch.rsqrt(F.conv2d(centred * centred, self.mean_weight, self.eps_bias))
+    def _mean(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.conv2d(x, self.mean_weight, bias)
+
+    def _affine(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
 
 
@@ -427,8 +430,7 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     if target == "executorch":
         _xnnpack_layernorms(out)
         if int8:
-            channels = input_channels(out, [m for m in out.modules() if _is_conv_like_avg_pool(m)], example)
-            _replace_modules(out, lambda m: m in channels, lambda pool: AvgPoolDepthwiseConv(pool, channels[pool]))
+            _pools_to_depthwise(out, [m for m in out.modules() if _is_conv_like_avg_pool(m)], example)
         else:
             _replace_padded_avg_pools(out, True, IncludePadAvgPool2d)
     if target == "tflite":
@@ -437,9 +439,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
             _replace_padded_avg_pools(out, False, ExcludePadAvgPool2d)
             # a 1×1 pool is a strided subsample (EdgeViT's sampler); LiteRT's XNNPACK delegate takes no 1×1
             # AVERAGE_POOL_2D, so each split the float graph (int8 writes every small pool as a conv already)
-            ones = [m for m in out.modules() if _is_conv_like_avg_pool(m) and _pool_taps(m) == 1]
-            channels = input_channels(out, ones, example)
-            _replace_modules(out, lambda m: m in channels, lambda pool: AvgPoolDepthwiseConv(pool, channels[pool]))
+            _pools_to_depthwise(out, [m for m in out.modules() if _is_conv_like_avg_pool(m) and _pool_taps(m) == 1],
+                                example)
             # litert-torch writes a BN it cannot fold as SUB + MUL (+ its ReLU): as a 1×1 depthwise conv it is one
             # op with the ReLU fused (CondenseNet's 73 pre-activation BNs, DiCENet's 16; int8 does this on the graph)
             for path in _standalone_batchnorms(out, example):
@@ -522,14 +523,10 @@ class BatchNormDepthwise(nn.Conv2d):
     """An eval-mode BatchNorm2d as the 1×1 depthwise conv it is: weight γ/√(σ² + ε), bias β − μ·γ/√(σ² + ε)."""
 
     def __init__(self, bn: nn.BatchNorm2d):
-        super().__init__(bn.num_features, bn.num_features, 1, groups=bn.num_features, bias=True)
+        super().__init__(bn.num_features, bn.num_features, 1, groups=bn.num_features, bias=False)
         with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale + (bn.bias if bn.bias is not None else 0.0)
-            self.weight.copy_(scale.reshape(-1, 1, 1, 1))
-            self.bias.copy_(shift)
+            self.weight.fill_(1.0)                  # the identity conv, then torch's conv-BN fold (_fold_batchnorm)
+        _fold_batchnorm([(self, 0)], bn)
 
 
 def _standalone_batchnorms(model: nn.Module, example: torch.Tensor | None) -> list[str]:
@@ -570,6 +567,12 @@ def _standalone_batchnorms(model: nn.Module, example: torch.Tensor | None) -> li
 def _replace_padded_avg_pools(model: nn.Module, count_include_pad: bool, form) -> None:
     """Each plain padded nn.AvgPool2d with this `count_include_pad` → `form(pool)`."""
     _replace_modules(model, lambda m: _is_padded_avg_pool(m, count_include_pad), form)
+
+
+def _pools_to_depthwise(model: nn.Module, pools: list[nn.Module], example: torch.Tensor | None) -> None:
+    """Each of `pools` → the `AvgPoolDepthwiseConv` it equals (its width read in one forward pass)."""
+    channels = input_channels(model, pools, example)
+    _replace_modules(model, lambda m: m in channels, lambda pool: AvgPoolDepthwiseConv(pool, channels[pool]))
 
 
 def _replace_modules(model: nn.Module, predicate, form) -> None:

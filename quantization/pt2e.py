@@ -194,7 +194,8 @@ def quantize(
     t0 = time.perf_counter()
     model = model.eval()
     step = timings if timings is not None else _no_timer
-    keep_float = list(keep_float or [])
+    requested = list(keep_float or [])                 # the caller's; the target's own rules add to the copy
+    keep_float = list(requested)
     slow_depthwise: list[str] = []
     float_stem: list[str] = []
     float_layernorms: list[str] = []
@@ -277,7 +278,7 @@ def quantize(
         "per_channel": True,
         "static": True,
         "calibration_images": n_images,
-        "keep_float": [p for p in keep_float if p not in slow_depthwise + float_stem + float_layernorms],
+        "keep_float": requested,
         "relu6_fixed_range": "conv/linear/add → ReLU6 outputs quantized on [0, 6] (scale 6/255, zero point -128)",
         "hardsigmoid_fixed_range": "relu6(·)·c outputs on [0, 6c] (hard-sigmoid: [0, 1], scale 1/255, zero point "
                                    f"-128): {fixed_ranges.fixed_hardsigmoids} MULs",

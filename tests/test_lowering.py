@@ -25,6 +25,26 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
+def _random_batchnorm_statistics(net: nn.Module) -> None:
+    """Non-trivial statistics and affine terms in every BatchNorm2d, or a fold would be an identity."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-1, 1)
+
+
+def _outside_xnnpack(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The ops ExecuTorch's XNNPACK partitioner leaves outside its delegate in `model`'s float program."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(torch.export.export(model, (x,)), partitioner=[XnnpackPartitioner()])
+    return [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
+            and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)]
+
+
 @pytest.mark.parametrize("name", ZOO_SMALL)
 @pytest.mark.parametrize("target,int8", [("tflite", True), ("tflite", False), ("executorch", True)])
 def test_lowered_zoo_model_is_float_equivalent(name, target, int8):
@@ -230,10 +250,7 @@ def test_tiled_depthwise_equals_the_original(k, s, size):
 def test_mixnet_large_depthwise_convs_are_tiled_with_their_batchnorm_folded(target):
     torch.manual_seed(0)
     model = zoo.create("mixnet_s").eval()
-    for m in model.modules():           # non-trivial BN statistics, or the fold would be an identity
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2.0)
+    _random_batchnorm_statistics(model)
     lowered = lower(model, target)
     convs = [m for m in lowered.modules() if type(m) is nn.Conv2d and m.groups == m.in_channels > 1]
     assert convs and max(c.kernel_size[0] * c.kernel_size[1] for c in convs) <= MAX_DW_TAPS
@@ -258,12 +275,7 @@ def test_batchnorm_of_a_cat_of_convs_is_folded_into_them(target, int8):
     mixed = layers.ConvBNAct(12, 12, act="relu")
     mixed.conv = MixedDepthwise(12, (3, 5), 1)         # as the MixNet builder makes it
     net = nn.Sequential(mixed, FactorizedReduce(12, 10)).eval()
-    for m in net.modules():           # non-trivial statistics, or the fold would be an identity
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-1, 1)
+    _random_batchnorm_statistics(net)
     lowered = lower(net, target, int8=int8)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in lowered.modules())
     assert all(isinstance(m, nn.BatchNorm2d) for m in (net[0].bn, net[1].bn))   # the caller's copy is untouched
@@ -393,21 +405,12 @@ def test_executorch_layernorms_are_xnnpack_ops_with_the_same_function():
 
 def test_executorch_layernorms_run_inside_one_xnnpack_partition_and_stay_float_in_int8():
     pytest.importorskip("executorch", reason="executorch not installed")
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
     from lwdeploy.quantization import quantize
 
     torch.manual_seed(0)
     net, x = _TokensAndMap().eval(), torch.randn(1, 3, 16, 16)
-
-    def outside(model) -> list[str]:
-        edge = to_edge_transform_and_lower(torch.export.export(model, (x,)), partitioner=[XnnpackPartitioner()])
-        return [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
-                and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)]
-
-    assert any("layer_norm" in t for t in outside(net))                    # the native op is not delegated
-    assert outside(lower(net, "executorch", int8=False)) == []
+    assert any("layer_norm" in t for t in _outside_xnnpack(net, x))        # the native op is not delegated
+    assert _outside_xnnpack(lower(net, "executorch", int8=False), x) == []
     q = quantize(lower(net, "executorch"), x, "executorch", [torch.randn(1, 3, 16, 16) for _ in range(4)])
     assert q.scheme["float_layernorm"]["layers"] == ["map_norm", "norm"]
 
@@ -416,9 +419,6 @@ def test_attention_is_plain_attention_and_runs_inside_xnnpack():
     """models.layers.multi_head_attention (MobileViT, EdgeViT): the textbook 4-D formulation's values, with no op
     that ExecuTorch's XNNPACK partitioner leaves outside (a 4-D `@` left expand/squeeze copies, unbind a select)."""
     pytest.importorskip("executorch", reason="executorch not installed")
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
     from lwdeploy.models.layers import multi_head_attention
 
     torch.manual_seed(0)
@@ -435,11 +435,7 @@ def test_attention_is_plain_attention_and_runs_inside_xnnpack():
         def forward(self, x):
             return multi_head_attention(self.qkv(x), heads, scale)
 
-    edge = to_edge_transform_and_lower(torch.export.export(Block().eval(), (torch.randn(2, 10, 12),)),
-                                       partitioner=[XnnpackPartitioner()])
-    outside = [str(n.target) for n in edge.exported_program().graph.nodes if n.op == "call_function"
-               and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)]
-    assert outside == []
+    assert _outside_xnnpack(Block().eval(), torch.randn(2, 10, 12)) == []
 
 
 def test_tflite_float_one_by_one_pool_is_a_strided_depthwise_conv():
@@ -472,10 +468,7 @@ def test_tflite_float_standalone_batchnorm_is_a_depthwise_conv_and_a_conv_bn_sta
 
     torch.manual_seed(0)
     net = _PreActivation().eval()
-    for bn in (net.norm, net.stem.bn):
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.data.uniform_(0.5, 1.5)
+    _random_batchnorm_statistics(net)
     x = torch.randn(2, 3, 12, 12)
     lowered = lower(net, "tflite", int8=False, example=x[:1])
     assert isinstance(lowered.norm, BatchNormDepthwise) and type(lowered.stem.bn) is nn.BatchNorm2d
