@@ -64,21 +64,29 @@ def _vendor_quantized(model, example, calib, target):
 
 
 KEEP_FLOAT_BUDGET: float | None = None      # --keep-float-budget
-WEIGHT_ROUNDING = "nearest"                 # --weight-rounding
+RECIPES = ["nearest"]                       # --weight-rounding / --recipes: one int8 variant per recipe
+DISTILL_STEPS = 40                          # --distill-steps, for recipes with "distill"
 BIAS_CORRECTION = True                      # --no-bias-correction
 
 
-def _quantized(model, example, calib, target, vendor, rounding=None, keep_float=None):
+def _recipe_options(recipe: str) -> dict:
+    """quantize() keywords for a recipe: "nearest", "adaround", "distill", "adaround+distill"."""
+    parts = set(recipe.split("+"))
+    return {"weight_rounding": "adaround" if "adaround" in parts else "nearest",
+            "distill_steps": DISTILL_STEPS if "distill" in parts else 0}
+
+
+def _quantized(model, example, calib, target, vendor, recipe=None, keep_float=None):
     if vendor:
         return _vendor_quantized(model, example, calib, target)
     from lwdeploy.quantization.pt2e import quantize
 
     qm = quantize(model, example, target, calib, keep_float=keep_float, keep_float_budget=KEEP_FLOAT_BUDGET,
-                  weight_rounding=rounding or WEIGHT_ROUNDING, bias_correction=BIAS_CORRECTION)
+                  bias_correction=BIAS_CORRECTION, **_recipe_options(recipe or RECIPES[0]))
     return qm.module, qm.quantizer
 
 
-def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False, rounding=None,
+def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False, recipe=None,
                   keep_float=None) -> Path:
     import litert_torch
 
@@ -86,7 +94,7 @@ def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor:
     if int8:
         from litert_torch.quantize.quant_config import QuantConfig
 
-        gm, q = _quantized(model, example, calib or [example], "tflite", vendor, rounding, keep_float)
+        gm, q = _quantized(model, example, calib or [example], "tflite", vendor, recipe, keep_float)
         edge = litert_torch.convert(gm, (example,), quant_config=QuantConfig(pt2e_quantizer=q))
     else:
         edge = litert_torch.convert(model, (example,))
@@ -100,13 +108,13 @@ def export_tflite(model, example, path: Path, *, int8: bool, calib=None, vendor:
 
 
 def export_executorch(model, example, path: Path, *, int8: bool, calib=None, vendor: bool = False,
-                      rounding=None, keep_float=None) -> tuple[Path, dict]:
+                      recipe=None, keep_float=None) -> tuple[Path, dict]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     model = copy.deepcopy(model).eval()
     if int8:
-        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor, rounding, keep_float)
+        gm, _ = _quantized(model, example, calib or [example], "executorch", vendor, recipe, keep_float)
         ep = torch.export.export(gm, (example,))
     else:
         ep = torch.export.export(model, (example,))
@@ -276,16 +284,17 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
         say(f"{name} / {target}: exporting")
         variants: dict[str, dict] = {}
         try:
-            both = args.weight_rounding == "both"      # int8 with nearest AND learned rounding, one float
-            for kind in ["float", "int8"] + (["int8_adaround"] if both else []) + (["vendor_int8"] if vendor else []):
+            # one int8 variant per recipe ("int8" for the first, "int8_<recipe>" for the others), one float
+            recipes = {("int8" if i == 0 else "int8_" + r.replace("+", "_")): r for i, r in enumerate(RECIPES)}
+            for kind in ["float", *recipes] + (["vendor_int8"] if vendor else []):
                 int8 = kind != "float"
-                rounding = "adaround" if kind == "int8_adaround" else ("nearest" if both else None)
+                recipe = recipes.get(kind)
                 src = model if kind == "vendor_int8" else lower(model, target, int8=int8, example=example)
                 t0 = time.perf_counter()
                 if target == "tflite":
                     with contextlib.redirect_stdout(sys.stderr):     # litert-torch prints progress on stdout
                         path = export_tflite(src, example, work / f"{name}_{kind}.tflite", int8=int8,
-                                             calib=calib, vendor=kind == "vendor_int8", rounding=rounding)
+                                             calib=calib, vendor=kind == "vendor_int8", recipe=recipe)
                     ops = tflite_op_counts(path)
                     v = {"ops": {k: ops.get(k, 0) for k in ("TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "PAD",
                                                              "HARD_SWISH")},
@@ -293,7 +302,7 @@ def bench_model(name: str, targets: list[str], args, work: Path, say) -> dict:
                     outputs = tflite_run(path, images.heldout, args.threads)
                 else:
                     path, structure = export_executorch(src, example, work / f"{name}_{kind}.pte", int8=int8,
-                                                        calib=calib, vendor=kind == "vendor_int8", rounding=rounding)
+                                                        calib=calib, vendor=kind == "vendor_int8", recipe=recipe)
                     v = dict(structure)
                     outputs = executorch_run(path, images.heldout)
                 v["export_s"] = round(time.perf_counter() - t0, 1)
@@ -345,30 +354,30 @@ def _simulated(row, model, images, example, calib, reference, targets, say, subs
     from lwdeploy.quantization.lowering import lower
     from lwdeploy.quantization.pt2e import quantize
 
-    roundings = ["nearest", "adaround"] if WEIGHT_ROUNDING == "both" else [WEIGHT_ROUNDING]
     for target in targets:
         row["targets"][target] = {}
-        for rounding in roundings:
-            say(f"{row['model']} / {target}: simulated int8, {rounding} rounding")
+        for recipe in RECIPES:
+            say(f"{row['model']} / {target}: simulated int8, {recipe}")
             t0, c0 = time.perf_counter(), time.process_time()
             qm = quantize(lower(model, target, int8=True, example=example), example, target, calib,
-                          keep_float_budget=KEEP_FLOAT_BUDGET, weight_rounding=rounding,
-                          bias_correction=BIAS_CORRECTION)
+                          keep_float_budget=KEEP_FLOAT_BUDGET, bias_correction=BIAS_CORRECTION,
+                          **_recipe_options(recipe))
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             with torch.no_grad():
                 out = torch.cat([qm.module(x.unsqueeze(0)) for x in images.heldout]).reshape(reference.shape)
-            row["targets"][target][f"int8_simulated_{rounding}"] = {
+            row["targets"][target][f"int8_simulated_{recipe}"] = {
                 "fidelity": compare_outputs(reference, out),
                 **({f"fidelity_first_{subset}": compare_outputs(reference[:subset], out[:subset])}
                    if 0 < subset < len(reference) else {}),
                 "quantize_wall_s": round(wall, 1), "quantize_cpu_s": round(cpu, 1),
-                "weight_rounding": qm.scheme.get("weight_rounding"), "bias_correction": qm.scheme.get("bias_correction")}
+                "weight_rounding": qm.scheme.get("weight_rounding"), "bias_correction": qm.scheme.get("bias_correction"),
+                "distillation": qm.scheme.get("distillation")}
     return row
 
 
 def simulated_markdown(rows: list[dict]) -> str:
-    lines = ["| model | target | weight rounding | bias correction | crops | top-1 agree | top-5 contain | out SQNR dB | "
-             "quantize wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | target | weight rounding | distillation | bias correction | crops | top-1 agree | top-5 contain | "
+             "out SQNR dB | quantize wall s | CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for target, variants in r["targets"].items():
             for v in variants.values():
@@ -376,7 +385,9 @@ def simulated_markdown(rows: list[dict]) -> str:
                     if not key.startswith("fidelity"):
                         continue
                     crops = key.rsplit("_", 1)[1] if key != "fidelity" else f"all {r['calibration']['heldout_images']}"
-                    lines.append(f"| {r['model']} | {target} | {v['weight_rounding']} | {v['bias_correction']} | "
+                    d = v.get("distillation")
+                    distilled = f"{d['steps']} steps" if isinstance(d, dict) else "off"
+                    lines.append(f"| {r['model']} | {target} | {v['weight_rounding']} | {distilled} | {v['bias_correction']} | "
                                  f"{crops} | {f['top1_agreement']:.3f} | {f['top5_containment']:.3f} | "
                                  f"{f['output_sqnr_db']} | {v['quantize_wall_s']} | {v['quantize_cpu_s']} |")
     return "\n".join(lines) + "\n"
@@ -664,6 +675,10 @@ def main(argv=None) -> int:
     p.add_argument("--weight-rounding", choices=["nearest", "adaround", "both"], default="nearest",
                    help="int8 variant's weight rounding: the quantizers' nearest, or learned (quantization/adaround.py); "
                         "both: an int8 (nearest) and an int8_adaround variant")
+    p.add_argument("--recipes", help="int8 variants instead of --weight-rounding, comma-separated, each nearest, "
+                   "adaround, distill or adaround+distill (quantization/distill.py); the first is 'int8', the "
+                   "others 'int8_<recipe>'")
+    p.add_argument("--distill-steps", type=int, default=40, help="steps for the recipes with distill")
     p.add_argument("--no-bias-correction", action="store_true", help="int8 variant without bias correction")
     p.add_argument("--simulated", action="store_true",
                    help="fidelity of the simulated int8 PT2E program only (no artifacts, no timing)")
@@ -687,9 +702,14 @@ def main(argv=None) -> int:
     if args.fashion and not args.from_json and args.fashion_train > 60000 - FASHION_VAL_IMAGES:
         p.error(f"--fashion-train {args.fashion_train}: at most {60000 - FASHION_VAL_IMAGES}; the train split's last "
                 f"{FASHION_VAL_IMAGES} images decide --fashion-min-acc")
-    global KEEP_FLOAT_BUDGET, WEIGHT_ROUNDING, BIAS_CORRECTION
+    global KEEP_FLOAT_BUDGET, RECIPES, DISTILL_STEPS, BIAS_CORRECTION
     KEEP_FLOAT_BUDGET = args.keep_float_budget
-    WEIGHT_ROUNDING, BIAS_CORRECTION = args.weight_rounding, not args.no_bias_correction
+    RECIPES = (args.recipes.split(",") if args.recipes else
+               ["nearest", "adaround"] if args.weight_rounding == "both" else [args.weight_rounding])
+    for recipe in RECIPES:
+        if not recipe or not set(recipe.split("+")) <= {"nearest", "adaround", "distill"}:
+            p.error(f"--recipes: unknown recipe {recipe!r}; each is nearest, adaround, distill or adaround+distill")
+    DISTILL_STEPS, BIAS_CORRECTION = args.distill_steps, not args.no_bias_correction
     if args.quick:
         args.calib, args.heldout, args.rounds = min(args.calib, 16), min(args.heldout, 32), min(args.rounds, 30)
     # CNNs only: the ViT hybrids (MobileViT, EdgeViT) have attention the issue tracks separately
@@ -701,7 +721,8 @@ def main(argv=None) -> int:
     meta = {"host": platform.processor() or platform.machine(), "threads": args.threads, "rounds": args.rounds,
             "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "torch": torch.__version__,
             "quick": args.quick, "calibration_images": args.calib, "heldout_images": args.heldout,
-            "keep_float_budget": args.keep_float_budget, "weight_rounding": args.weight_rounding,
+            "keep_float_budget": args.keep_float_budget, "weight_rounding": args.weight_rounding, "recipes": RECIPES,
+            "distill_steps": DISTILL_STEPS,
             "bias_correction": not args.no_bias_correction, "simulated": args.simulated}
     torch.set_num_threads(args.threads)
     from rich.console import Console

@@ -144,7 +144,8 @@ def export_options(options: dict) -> dict[str, Any]:
     """quantize() keyword arguments from an export's options (ExportRequest/ExportPlan .options): the one place
     that maps `--keep-float`, `--keep-float-budget` and `--adaround` onto quantization."""
     return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
-            "weight_rounding": options.get("weight_rounding", "nearest")}
+            "weight_rounding": options.get("weight_rounding", "nearest"),
+            "distill_steps": options.get("distill_steps", 0)}
 
 
 def quantize(
@@ -159,6 +160,7 @@ def quantize(
     bias_correction: bool = True,
     keep_float_budget: float | None = None,
     weight_rounding: str = "nearest",
+    distill_steps: int = 0,
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
 
@@ -167,6 +169,8 @@ def quantize(
     `bias_correction`: correct each layer's bias for the mean shift of its int8 weights (bias_correction.py).
     `weight_rounding`: "nearest" (the quantizers' own), or "adaround": learned up/down rounding on the same
     int8 grid, written into the float weights before export (adaround.py).
+    `distill_steps`: after calibration, fine-tune the fake-int8 program's weights for this many steps (8 images
+    each) so its outputs match the float model's on the calibration images (distill.py); 0: off.
     `keep_float_budget`: also keep the worst layers (per-layer SQNR drop, measured on a first int8 pass over
     8 calibration images) in float, as long as their share of the model's MACs stays within this fraction
     (keep_float.choose_within_budget); costs a second quantization pass.
@@ -188,7 +192,8 @@ def quantize(
                                 "e.g. 0.05 keeps float layers worth at most 5 % of the MACs")
         return _quantize_within_budget(model, example, target, calib, quantizer=quantizer,
                                        keep_float=keep_float, timings=timings, bias_correction=bias_correction,
-                                       weight_rounding=weight_rounding, budget=keep_float_budget)
+                                       weight_rounding=weight_rounding, distill_steps=distill_steps,
+                                       budget=keep_float_budget)
     quantizer_obj, scheme, fold = QUANTIZER_BUILDERS[builder]()
 
     t0 = time.perf_counter()
@@ -211,6 +216,8 @@ def quantize(
     corrected = 0
     if weight_rounding not in ("nearest", "adaround"):
         raise LwdeployError(f"unknown weight rounding {weight_rounding!r}", "one of: nearest, adaround")
+    if distill_steps < 0:
+        raise LwdeployError(f"distillation steps {distill_steps} is negative", "pass 0 (off) or a positive count")
     original, rounded = model, None
     if weight_rounding == "adaround":
         from lwdeploy.quantization.adaround import adaround
@@ -263,6 +270,15 @@ def quantize(
             for image in batch.split(example.shape[0]):
                 prepared(image)
                 n_images += image.shape[0]
+    distilled = None
+    if distill_steps:
+        from lwdeploy.quantization.distill import distill
+
+        # the calibrated fake-int8 program learns to match the float model (`original`: before rounding/bias
+        # correction) on the calibration images; activation ranges stay the calibrated ones
+        with step("quantize.distill"):
+            distilled = distill(prepared, original, torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib]),
+                                steps=distill_steps)
     with step("quantize.convert_pt2e"):
         converted = convert_pt2e(prepared, fold_quantize=fold)
     # The GraphModule comes back flagged as training; converters (litert-torch) warn and may keep
@@ -289,6 +305,7 @@ def quantize(
     scheme["weight_rounding"] = ("nearest" if rounded is None else
                                  f"adaround: {sum(r['kept'] == 'adaround' for r in rounded.values())} of "
                                  f"{len(rounded)} layers learned (others nearest)")
+    scheme["distillation"] = distilled or "off"
     if unsplatted:
         scheme["uniform_biases_nudged"] = unsplatted
     if folded:
