@@ -3,6 +3,8 @@
     python benchmarks/int8_bench.py                       # every zoo CNN, both targets
     python benchmarks/int8_bench.py --models mobilenet_v3_small_100,efficientnet_lite0 --quick
     python benchmarks/int8_bench.py --docs docs/int8.md   # also (re)write the docs page
+    python benchmarks/int8_bench.py --models efficientnet_lite0 --heldout 1000 \
+        --recipes nearest,distill,adaround,adaround+distill  # one int8 artifact per quantization recipe
 
 Per model and target it builds three artifacts from the same seeded model:
   float    lower(model, target, int8=False) → float export (native HARD_SWISH, no PAD ops)

@@ -139,8 +139,10 @@ def test_sample_counts_must_be_positive(cli, tmp_path):
     (("--keep-float-budget", "0.05"), "add --int8"),
     (("--keep-float", "features.0"), "add --int8"),
     (("--int8", "--keep-float-budget", "1.5"), "not a fraction in (0, 1)"),
+    (("--adaround",), "add --int8"),
+    (("--distill",), "add --int8"),
 ])
-def test_keep_float_options_checked_before_work(cli, tmp_path, args, says):
+def test_int8_only_options_checked_before_work(cli, tmp_path, args, says):
     code, _, err = cli("export", "mobilenet_v3_small_100", *args, "--out", tmp_path / "o")
     assert says in _one_line_error(code, err)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
