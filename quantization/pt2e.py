@@ -142,7 +142,7 @@ QUANTIZER_BUILDERS: dict[str, Callable[[], tuple[Any, dict[str, Any], bool]]] = 
 
 def export_options(options: dict) -> dict[str, Any]:
     """quantize() keyword arguments from an export's options (ExportRequest/ExportPlan .options): the one place
-    that maps `--keep-float`, `--keep-float-budget` and `--adaround` onto quantization."""
+    that maps `--keep-float`, `--keep-float-budget`, `--adaround` and `--distill` onto quantization."""
     return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
             "weight_rounding": options.get("weight_rounding", "nearest"),
             "distill_steps": options.get("distill_steps", 0)}

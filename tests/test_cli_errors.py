@@ -141,6 +141,7 @@ def test_sample_counts_must_be_positive(cli, tmp_path):
     (("--int8", "--keep-float-budget", "1.5"), "not a fraction in (0, 1)"),
     (("--adaround",), "add --int8"),
     (("--distill",), "add --int8"),
+    (("--int8", "--distill-steps", "10"), "add --distill"),
 ])
 def test_int8_only_options_checked_before_work(cli, tmp_path, args, says):
     code, _, err = cli("export", "mobilenet_v3_small_100", *args, "--out", tmp_path / "o")

@@ -68,8 +68,8 @@ def target_options(func):
               help="With --int8: after calibration, fine-tune the int8 program's weights so its outputs match the "
                    "float model's on the calibration images (quantization-aware distillation; ~1 min for "
                    "EfficientNet-Lite0). Combines with --adaround.")
-@click.option("--distill-steps", type=click.IntRange(1, 10000), default=40, show_default=True, metavar="N",
-              help="With --distill: optimizer steps of 8 calibration images each.")
+@click.option("--distill-steps", type=click.IntRange(1, 10000), metavar="N",
+              help="With --distill: optimizer steps of 8 calibration images each (default 40).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 8), help="Targets converted at once in worker processes "
               "(default: one per target, up to the CPU count). Verification always runs one at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
@@ -94,6 +94,8 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
         raise LwdeployError("--adaround chooses how int8 weights are rounded", "add --int8, or drop --adaround")
     if distill and not int8:
         raise LwdeployError("--distill fine-tunes an int8 program", "add --int8, or drop --distill")
+    if distill_steps is not None and not distill:
+        raise LwdeployError("--distill-steps sets how long --distill trains", "add --distill, or drop --distill-steps")
     if keep_float_budget is not None and not 0 < keep_float_budget < 1:
         raise LwdeployError(f"--keep-float-budget {keep_float_budget} is not a fraction in (0, 1)",
                             "e.g. 0.05 keeps float layers worth at most 5 % of the model's MACs")
@@ -116,7 +118,7 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
                                         **({"keep_float": list(keep_float)} if keep_float else {}),
                                         **({"keep_float_budget": keep_float_budget} if keep_float_budget else {}),
                                         **({"weight_rounding": "adaround"} if adaround else {}),
-                                        **({"distill_steps": distill_steps} if distill else {})})
+                                        **({"distill_steps": distill_steps or 40} if distill else {})})
     console.print(summary_table(manifests))
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s — manifests beside each artifact")
     if as_json:
