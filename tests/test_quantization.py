@@ -478,9 +478,12 @@ def test_tflite_keeps_a_stem_float_only_where_it_is_a_small_share_of_the_work():
     x = torch.randn(1, 3, 64, 64)
     assert cheap_rgb_stem(zoo.create("efficientnet_lite0").eval(), x) == ["stem"]      # 2.8 % of the MACs
     assert cheap_rgb_stem(zoo.create("shufflenet_v2_050").eval(), x) == []             # 20 %: stays int8
+    assert cheap_rgb_stem(zoo.create("condensenet_g8c8").eval(), x) == []              # a bare conv: stays int8
     # a cheap stem before heavy 1×1 convs: TFLite's int8 program reads the image in float, its stem unrounded
-    heavy = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU6(), torch.nn.Conv2d(8, 128, 1),
-                                torch.nn.ReLU6(), torch.nn.Conv2d(128, 128, 1)).eval()
+    from lwdeploy.models.layers import ConvBNAct
+
+    heavy = torch.nn.Sequential(ConvBNAct(3, 8, 3, 2), torch.nn.Conv2d(8, 128, 1), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(128, 128, 1)).eval()
     calib = [torch.randn(1, 3, 16, 16) for _ in range(4)]
     qm = quantize(heavy, calib[0], "tflite", calib)
     assert qm.scheme["float_stem"]["layers"] == ["0"] and "cheap_rgb_stem" in qm.scheme["float_stem"]["why"]
