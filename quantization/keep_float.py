@@ -92,27 +92,6 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -
     return [parent] if isinstance(holder, ConvBNAct) and holder.conv is conv else [path]
 
 
-def cheap_rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_mac_share: float = 0.05) -> list[str]:
-    """rgb_stem(), if that stem does at most `max_mac_share` of the model's conv/linear MACs; [] otherwise.
-
-    TFLite's rule. There a float stem is no faster (LiteRT's XNNPACK: GhostNet int8 3.40 → 3.37 ms, ShuffleNet v2
-    0.5 1.09 → 1.25 ms), but the image is no longer quantized and the stem's 27-weight kernels are no longer
-    rounded: EfficientNet-Lite0 with real weights, TFLite top-1 agreement with float 94.2 → 96.0 % on 1000
-    held-out crops for +2 % latency (docs/int8.md). Where the stem is a large share of the work (ShuffleNet v2
-    0.5: 20 %) it costs speed, and stays int8. NAS cells' and CondenseNet's bare stem convs stay int8 (below)."""
-    from lwdeploy.models.layers import ConvBNAct
-
-    stem = rgb_stem(model, example)
-    # only a ConvBNAct (conv, BN and activation in one module): a bare stem conv feeding a
-    # dense block's cat (CondenseNet) converted to a TFLite program at 3.9 dB output SQNR (14.8 dB with an int8
-    # stem) although the PT2E program itself was better with the float stem (16.1 against 15.0 dB)
-    if not stem or not isinstance(model.get_submodule(stem[0]), ConvBNAct):
-        return []
-    macs = layer_macs(model, example)
-    share = sum(v for p, v in macs.items() if any(p == s or p.startswith(s + ".") for s in stem))
-    return stem if share <= max_mac_share * sum(macs.values()) else []
-
-
 def _inside(node: torch.fx.Node, paths: tuple[str, ...]) -> bool:
     return any(p == k or p.startswith(k + ".") for p in _node_paths(node) for k in paths)
 

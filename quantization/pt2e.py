@@ -213,11 +213,6 @@ def quantize(
         keep_float += float_stem
         float_layernorms = [p for p in layer_norms(model) if p not in keep_float]
         keep_float += float_layernorms
-    elif builder == "tflite":
-        from lwdeploy.quantization.keep_float import cheap_rgb_stem
-
-        float_stem = [p for p in cheap_rgb_stem(model, example) if p not in keep_float]
-        keep_float += float_stem
     corrected = 0
     if weight_rounding not in ("nearest", "adaround"):
         raise LwdeployError(f"unknown weight rounding {weight_rounding!r}", "one of: nearest, adaround")
@@ -320,11 +315,8 @@ def quantize(
     if kept_apart:
         scheme["batchnorms_as_depthwise"] = kept_apart
     if float_stem:
-        why = ("XNNPACK runs the 3-channel stem conv faster in float; the program quantizes its output instead of "
-               "the image (keep_float.rgb_stem)" if builder == "executorch" else
-               "a 3-channel stem that is ≤ 5 % of the MACs stays float: the image is not quantized and the stem's "
-               "small kernels not rounded, for better fidelity at little cost (keep_float.cheap_rgb_stem)")
-        scheme["float_stem"] = {"layers": float_stem, "why": why}
+        scheme["float_stem"] = {"layers": float_stem, "why": "XNNPACK runs the 3-channel stem conv faster in float; "
+                                "the program quantizes its output instead of the image (keep_float.rgb_stem)"}
     if float_layernorms:
         scheme["float_layernorm"] = {"layers": float_layernorms, "why": "LayerNorms written as XNNPACK ops "
                                      "(lowering.LinearMeanLayerNorm) stay float, as a native layer_norm would "

@@ -471,28 +471,6 @@ def test_rgb_stem_is_the_one_conv_reading_the_image():
     assert rgb_stem(gray.eval(), torch.randn(1, 1, 8, 8)) == []              # a later 3-channel conv is no stem
 
 
-def test_tflite_keeps_a_stem_float_only_where_it_is_a_small_share_of_the_work():
-    import lwdeploy.models as zoo
-    from lwdeploy.quantization.keep_float import cheap_rgb_stem
-
-    x = torch.randn(1, 3, 64, 64)
-    assert cheap_rgb_stem(zoo.create("efficientnet_lite0").eval(), x) == ["stem"]      # 2.8 % of the MACs
-    assert cheap_rgb_stem(zoo.create("shufflenet_v2_050").eval(), x) == []             # 20 %: stays int8
-    assert cheap_rgb_stem(zoo.create("condensenet_g8c8").eval(), x) == []              # a bare conv: stays int8
-    # a cheap stem before heavy 1×1 convs: TFLite's int8 program reads the image in float, its stem unrounded
-    from lwdeploy.models.layers import ConvBNAct
-
-    heavy = torch.nn.Sequential(ConvBNAct(3, 8, 3, 2), torch.nn.Conv2d(8, 128, 1), torch.nn.ReLU6(),
-                                torch.nn.Conv2d(128, 128, 1)).eval()
-    calib = [torch.randn(1, 3, 16, 16) for _ in range(4)]
-    qm = quantize(heavy, calib[0], "tflite", calib)
-    assert qm.scheme["float_stem"]["layers"] == ["0"] and "cheap_rgb_stem" in qm.scheme["float_stem"]["why"]
-    image = next(n for n in qm.module.graph.nodes if n.op == "placeholder")
-    assert not any("quantize_per_tensor" in str(u.target) for u in image.users), "a float stem reads the image"
-    per_channel = sum("dequantize_per_channel" in o for o in _ops(qm.module))
-    assert per_channel == 2                                                           # the two 1×1 convs only
-
-
 def test_fashion_table_from_json_rerun_replaces_row_in_place(tmp_path, capsys):
     import json
 
