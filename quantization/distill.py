@@ -125,8 +125,9 @@ def distill(prepared: torch.fx.GraphModule, teacher: nn.Module, images: torch.Te
         src = n.args[0]
         if isinstance(src, torch.fx.Node) and src.op == "get_attr" and _symmetric(originals[n.target]):
             weights[n.target] = src.target
-    if not weights:
-        return {"steps": 0, "weights_tuned": 0, "why": "no symmetric int8 weight observers on constant weights"}
+    if not weights or steps <= 0:
+        return {"steps": 0, "weights_tuned": 0,
+                "why": "no steps" if weights else "no symmetric int8 weight observers on constant weights"}
     frozen = [p for p in prepared.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -145,9 +146,10 @@ def distill(prepared: torch.fx.GraphModule, teacher: nn.Module, images: torch.Te
     losses = []
     try:
         with single_thread():   # batch-1 graph: a second thread mostly waits; one thread keeps runs identical
-            with torch.no_grad():
-                targets = [teacher(images[i:i + 1].flip(-1) if f else images[i:i + 1])
-                           for i, f in zip(order.tolist(), flips)]
+            with torch.no_grad():       # the float outputs, once per (image, flip) drawn
+                teacher_out = {(i, f): teacher(images[i:i + 1].flip(-1) if f else images[i:i + 1])
+                               for i, f in set(zip(order.tolist(), flips))}
+            targets = [teacher_out[i, f] for i, f in zip(order.tolist(), flips)]
             optimizer = torch.optim.Adam([f.delta for f in fakes.values()], lr=lr)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
             for step in range(steps):
