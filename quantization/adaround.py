@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lwdeploy.quantization.bias_correction import QMAX, _bn_after, _folded_weight, int8_weight, weight_scale
+from lwdeploy.quantization.calibration import stack_batches
 from lwdeploy.quantization.pt2e import single_thread
 
 ZETA, GAMMA = 1.1, -0.1      # rectified-sigmoid stretch (paper §4.1)
@@ -191,7 +192,7 @@ def adaround(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[
               if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight is not None
               and not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
               and not any(p == k or p.startswith(k + ".") for k in skip)}
-    images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib])
+    images = stack_batches(calib)
     with single_thread():   # small ops: a second thread only waits (and the machine is shared)
         return _adaround(out, modules, layers, images, samples, iters, seed, progress)
 

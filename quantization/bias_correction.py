@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lwdeploy.quantization.calibration import stack_batches
+
 
 QMAX = 127                   # symmetric int8 weights on [-127, 127] (litert-torch, XNNPACK, our Core ML rules)
 SCALE_EPS = 2.0 ** -12       # PerChannelMinMaxObserver's eps: the smallest scale the quantizers produce
@@ -133,7 +135,7 @@ def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Ite
 
     handles = [layers[p][0].register_forward_hook(hook(p)) for p in layers]
     try:
-        images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib])
+        images = stack_batches(calib)
         for i in range(0, len(images), batch):
             out(images[i:i + batch])
     finally:

@@ -44,6 +44,11 @@ class ImageSet:
                 "calibration_files": self.calib_files, "heldout_files": self.heldout_files}
 
 
+def stack_batches(batches) -> torch.Tensor:
+    """Calibration inputs (single images or batches) as one (N, C, H, W) tensor."""
+    return torch.cat([b if b.dim() == 4 else b.unsqueeze(0) for b in batches])
+
+
 def skimage_photo_dir() -> Path:
     try:
         import skimage

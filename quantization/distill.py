@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lwdeploy.quantization.pt2e import single_thread
+from lwdeploy.quantization.pt2e import graph_attr, replace_graph_attr, single_thread
 
 
 class _ActivationFakeQuant(nn.Module):
@@ -55,7 +55,7 @@ class _WeightFakeQuant(nn.Module):
 
     def __init__(self, observer: nn.Module, weight: torch.Tensor):
         super().__init__()
-        self.per_channel = observer.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
+        self.per_channel = observer.qscheme == torch.per_channel_symmetric
         self.axis = observer.ch_axis if self.per_channel else 0
         self.quant_min, self.quant_max = observer.quant_min, observer.quant_max
         self.register_buffer("step0", self._scale(weight))
@@ -92,24 +92,6 @@ def _symmetric(observer: nn.Module) -> bool:
     return getattr(observer, "qscheme", None) in (torch.per_channel_symmetric, torch.per_tensor_symmetric)
 
 
-def _get(gm: nn.Module, target: str):
-    owner, _, name = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
-
-
-def _set(gm: nn.Module, target: str, value: torch.Tensor) -> None:
-    """Replace a get_attr tensor by a new one (never in place: it may share storage with the float model)."""
-    owner_path, _, name = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    old = getattr(owner, name)
-    if isinstance(old, nn.Parameter):
-        setattr(owner, name, nn.Parameter(value, requires_grad=False))
-    elif name in getattr(owner, "_buffers", {}):
-        owner._buffers[name] = value
-    else:
-        setattr(owner, name, value)
-
-
 def distill(prepared: torch.fx.GraphModule, teacher: nn.Module, images: torch.Tensor, *, steps: int = 40,
             batch: int = 8, lr: float = 2e-3, seed: int = 0,
             progress: Callable[[int, int], None] | None = None) -> dict:
@@ -121,7 +103,7 @@ def distill(prepared: torch.fx.GraphModule, teacher: nn.Module, images: torch.Te
     originals: dict[str, nn.Module] = {}
     weights: dict[str, str] = {}            # observer target → weight attribute it observes
     for n in nodes:
-        originals.setdefault(n.target, _get(prepared, n.target))
+        originals.setdefault(n.target, graph_attr(prepared, n.target))
         src = n.args[0]
         if isinstance(src, torch.fx.Node) and src.op == "get_attr" and _symmetric(originals[n.target]):
             weights[n.target] = src.target
@@ -134,11 +116,11 @@ def distill(prepared: torch.fx.GraphModule, teacher: nn.Module, images: torch.Te
     fakes: dict[str, _WeightFakeQuant] = {}
     for target, observer in originals.items():
         if target in weights:
-            _set(prepared, weights[target], _get(prepared, weights[target]).detach().clone())
-            fakes[target] = _WeightFakeQuant(observer, _get(prepared, weights[target]))
-            _set(prepared, target, fakes[target])
+            replace_graph_attr(prepared, weights[target], graph_attr(prepared, weights[target]).detach().clone())
+            fakes[target] = _WeightFakeQuant(observer, graph_attr(prepared, weights[target]))
+            replace_graph_attr(prepared, target, fakes[target])
         else:
-            _set(prepared, target, _ActivationFakeQuant(observer))
+            replace_graph_attr(prepared, target, _ActivationFakeQuant(observer))
     gen = torch.Generator().manual_seed(seed)
     order = torch.cat([torch.randperm(len(images), generator=gen)
                        for _ in range(steps * batch // max(len(images), 1) + 1)])[:steps * batch]
@@ -168,17 +150,18 @@ def distill(prepared: torch.fx.GraphModule, teacher: nn.Module, images: torch.Te
                     progress(step + 1, steps)
         with torch.no_grad():
             for target, fake in fakes.items():
-                _set(prepared, weights[target], fake.tuned(_get(prepared, weights[target])).detach().clone())
+                tuned = fake.tuned(graph_attr(prepared, weights[target]))
+                replace_graph_attr(prepared, weights[target], tuned.detach().clone())
             moved = torch.cat([f.delta.abs().flatten() for f in fakes.values()])
     finally:
         for target, observer in originals.items():
-            _set(prepared, target, observer)
+            replace_graph_attr(prepared, target, observer)
         for p in frozen:
             p.requires_grad_(True)
     for target, attr in weights.items():    # convert_pt2e takes the weight scales from these observers
         observer = originals[target]
         observer.reset_min_max_vals()
-        observer(_get(prepared, attr))
+        observer(graph_attr(prepared, attr))
     return {"steps": steps, "batch": batch, "lr_in_int8_steps": lr, "images": len(images),
             "weights_tuned": len(fakes), "loss_first_last": [round(losses[0], 6), round(losses[-1], 6)],
             "mean_abs_change_in_int8_steps": round(float(moved.mean()), 4),

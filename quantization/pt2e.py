@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lwdeploy.errors import LwdeployError
+from lwdeploy.quantization.calibration import stack_batches
 
 
 @dataclass
@@ -277,8 +278,7 @@ def quantize(
         # the calibrated fake-int8 program learns to match the float model (`original`: before rounding/bias
         # correction) on the calibration images; activation ranges stay the calibrated ones
         with step("quantize.distill"):
-            distilled = distill(prepared, original, torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib]),
-                                steps=distill_steps)
+            distilled = distill(prepared, original, stack_batches(calib), steps=distill_steps)
     with step("quantize.convert_pt2e"):
         converted = convert_pt2e(prepared, fold_quantize=fold)
     # The GraphModule comes back flagged as training; converters (litert-torch) warn and may keep
@@ -339,7 +339,7 @@ def _quantize_within_budget(model, example, target, calib, *, budget: float, kee
 
     t0 = time.perf_counter()
     first = quantize(model, example, target, calib, keep_float=keep_float, **kw)
-    images = torch.cat([c if c.dim() == 4 else c.unsqueeze(0) for c in calib[:8]])
+    images = stack_batches(calib[:8])
     rows = layer_sqnr(model, first.module, images)
     chosen, share = choose_within_budget(rows, layer_macs(model, example), budget)
     if not chosen:
@@ -370,22 +370,32 @@ def unsplat_biases(gm: torch.fx.GraphModule) -> int:
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         if not isinstance(bias, torch.fx.Node) or bias.op != "get_attr":
             continue
-        owner_path, _, attr = bias.target.rpartition(".")
-        owner = gm.get_submodule(owner_path) if owner_path else gm
-        value = getattr(owner, attr)
+        value = graph_attr(gm, bias.target)
         if not isinstance(value, torch.Tensor) or value.numel() < 2 or not value.is_floating_point():
             continue
         flat = value.detach().reshape(-1)
         if bool((flat == flat[0]).all()) and float(flat[0]) != 0.0:
             new = flat.clone()
             new[1::2] = torch.nextafter(new[1::2], torch.full_like(new[1::2], math.inf))
-            new = new.reshape(value.shape)
-            if isinstance(value, nn.Parameter):
-                setattr(owner, attr, nn.Parameter(new, requires_grad=False))
-            else:
-                setattr(owner, attr, new)
+            replace_graph_attr(gm, bias.target, new.reshape(value.shape))
             changed += 1
     return changed
+
+
+def graph_attr(gm: nn.Module, target: str):
+    """What a get_attr node with this (dotted) target reads."""
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+def replace_graph_attr(gm: nn.Module, target: str, value) -> None:
+    """Give a get_attr target a new value — a new tensor, never an in-place write (the graph's constants may
+    share storage with the caller's model); a Parameter stays a (frozen) Parameter."""
+    owner_path, _, name = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    if isinstance(getattr(owner, name), nn.Parameter) and isinstance(value, torch.Tensor):
+        value = nn.Parameter(value, requires_grad=False)
+    setattr(owner, name, value)
 
 
 class single_thread:
