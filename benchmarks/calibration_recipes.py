@@ -16,6 +16,8 @@ option in the toolkit unless it measurably helps:
 | `calib-N` | N calibration crops instead of `--calib` |
 | `keep-float-F` | the worst layers by per-layer SQNR kept float within MAC share F (`--keep-float-budget F`) |
 | `adaround` | learned weight rounding (`--adaround`) |
+| `float-stem` | the stem conv kept float (`--keep-float stem`; ExecuTorch's default already does this) |
+| `input-minmax` | the image's observer is MinMax, not Histogram (which may clip the brightest/darkest pixels) |
 
 Writes JSON + markdown to --out (benchmarks/results/, gitignored).
 """
@@ -33,7 +35,8 @@ import torch
 
 
 @contextlib.contextmanager
-def _logits_minmax():
+def _minmax(where: str):
+    """Swap the observer on the logits (where="output") or on the image (where="input") for MinMax."""
     import torchao.quantization.pt2e.quantize_pt2e as qp
     from torchao.quantization.pt2e.observer import MinMaxObserver
 
@@ -41,8 +44,13 @@ def _logits_minmax():
 
     def prepare(graph, quantizer):
         prepared = original(graph, quantizer)
-        out = next(n for n in prepared.graph.nodes if n.op == "output")
-        node = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
+        if where == "output":
+            out = next(n for n in prepared.graph.nodes if n.op == "output")
+            node = out.args[0][0] if isinstance(out.args[0], (tuple, list)) else out.args[0]
+        else:
+            image = next(n for n in prepared.graph.nodes if n.op == "placeholder")
+            node = next(u for u in image.users if u.op == "call_module"
+                        and hasattr(getattr(prepared, u.target), "calculate_qparams"))
         observer = getattr(prepared, node.target)
         setattr(prepared, node.target, MinMaxObserver(dtype=observer.dtype, qscheme=observer.qscheme,
                                                       quant_min=observer.quant_min, quant_max=observer.quant_max,
@@ -84,7 +92,11 @@ def run_recipe(recipe: str, model, info, target: str, photos, reference: torch.T
     patch = contextlib.nullcontext()
     calib = photos.calib_batches()
     if recipe == "logits-minmax":
-        patch = _logits_minmax()
+        patch = _minmax("output")
+    elif recipe == "input-minmax":
+        patch = _minmax("input")
+    elif recipe == "float-stem":
+        kwargs["keep_float"] = ["stem"]
     elif recipe == "relu6-observed":
         patch = _relu6_observed()
     elif recipe == "adaround":
@@ -154,7 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
 
-    known = ("default", "logits-minmax", "relu6-observed", "adaround")
+    known = ("default", "logits-minmax", "relu6-observed", "adaround", "float-stem", "input-minmax")
     for recipe in args.recipes.split(","):
         if recipe not in known and not recipe.startswith(("calib-", "keep-float-")):
             p.error(f"unknown recipe {recipe!r}: one of {', '.join(known)}, calib-N, keep-float-F")

@@ -97,11 +97,19 @@ def _inside(node: torch.fx.Node, paths: tuple[str, ...]) -> bool:
 
 
 def _refers_to(spec, dropped: set) -> bool:
+    """Whether a SharedQuantizationSpec points at a spec that was dropped with a float node's annotation.
+
+    A node names its own output spec: gone when that node is float. An edge (src, dst) names dst's spec for
+    its input from src, which stays as long as dst keeps its annotation, also when src itself is float: a
+    dense block's cat shares one scale across its inputs through the edge from its first input, the float stem
+    conv included. (Dropping on src too unshared every cat of CondenseNet's dense-block chain under
+    `--keep-float stem`, whose narrower ranges then clipped at int8 → int8 requantizes: 3.9 dB output SQNR.)"""
     if not isinstance(spec, SharedQuantizationSpec):
         return False
     edge_or_node = spec.edge_or_node
-    nodes = edge_or_node if isinstance(edge_or_node, tuple) else (edge_or_node,)
-    return any(n in dropped for n in nodes)
+    if isinstance(edge_or_node, tuple):
+        return edge_or_node[1] in dropped
+    return edge_or_node in dropped
 
 
 class KeepFloat(Quantizer):

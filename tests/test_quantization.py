@@ -327,6 +327,40 @@ def test_standalone_batchnorm_becomes_an_int8_depthwise_conv(target):
     assert sqnr > 25
 
 
+class _DenseChain(torch.nn.Module):
+    """Two dense layers: each concatenates its input with a conv of it, so the second cat reads the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, 1, 1)
+        self.conv1, self.conv2 = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(12, 4, 1)
+        self.head = torch.nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = torch.cat([y, torch.relu(self.conv1(y))], 1)
+        y = torch.cat([y, torch.relu(self.conv2(y))], 1)
+        return self.head(y)
+
+
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_cats_after_a_float_stem_stay_int8_with_one_scale(target):
+    torch.manual_seed(0)
+    model = _DenseChain().eval()
+    calib = [torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    qm = quantize(model, calib[0], target, calib, keep_float=["stem"], bias_correction=False)
+    cats = [n for n in qm.module.graph.nodes if n.op == "call_function" and "cat" in str(n.target)]
+    assert len(cats) == 2 and any(str(n.target) == "aten.conv2d.default" for n in qm.module.graph.nodes)
+    for cat in cats:
+        # every input int8 on the cat's own output scale: the cat shares one scale through the edge from its
+        # first input, the float stem's too (keep_float used to drop it, and each cat then ran float)
+        ins = [a for a in cat.args[0]]
+        assert all("dequantize" in str(a.target) for a in ins), [str(a.target) for a in ins]
+        (out,) = cat.users
+        assert "quantize" in str(out.target)
+        assert {float(a.args[1]) for a in ins} == {float(out.args[1])}
+
+
 class _ShuffleSplit(torch.nn.Module):
     """ShuffleNet v2's unit boundary: concat → channel shuffle (unflatten/transpose/flatten) → channel split."""
 
@@ -509,14 +543,15 @@ def test_calibration_recipes_change_one_thing_and_put_it_back():
     import torchao.quantization.pt2e.quantize_pt2e as qp
 
     import lwdeploy.quantization.fixed_ranges as fixed_ranges
-    from benchmarks.calibration_recipes import _logits_minmax, _relu6_observed, main, markdown
+    from benchmarks.calibration_recipes import _minmax, _relu6_observed, main, markdown
 
     spec, prepare = fixed_ranges.RELU6_SPEC, qp.prepare_pt2e
     with _relu6_observed():
         assert fixed_ranges.RELU6_SPEC is not spec
         assert "HistogramObserver" in repr(fixed_ranges.RELU6_SPEC.observer_or_fake_quant_ctr)
-    with _logits_minmax():
-        assert qp.prepare_pt2e is not prepare
+    for where in ("output", "input"):
+        with _minmax(where):
+            assert qp.prepare_pt2e is not prepare
     assert fixed_ranges.RELU6_SPEC is spec and qp.prepare_pt2e is prepare
     with pytest.raises(SystemExit) as exit_:
         main(["--recipes", "default,no-such-recipe"])     # refused before any model is built
