@@ -343,6 +343,20 @@ class _DenseChain(torch.nn.Module):
         return self.head(y)
 
 
+def test_a_shared_spec_is_dropped_only_with_the_annotation_it_names():
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    from lwdeploy.quantization.keep_float import _refers_to
+
+    graph = torch.fx.Graph()
+    stem, cat = graph.placeholder("stem"), graph.placeholder("cat")
+    dropped = {stem}                                     # the float layer's annotation is gone
+    assert not _refers_to(SharedQuantizationSpec((stem, cat)), dropped)   # the cat's own input spec
+    assert _refers_to(SharedQuantizationSpec((cat, stem)), dropped)       # the float layer's input spec
+    assert _refers_to(SharedQuantizationSpec(stem), dropped)              # the float layer's output spec
+    assert not _refers_to(SharedQuantizationSpec(cat), dropped)
+
+
 @pytest.mark.parametrize("target", ["tflite", "executorch"])
 def test_cats_after_a_float_stem_stay_int8_with_one_scale(target):
     torch.manual_seed(0)
