@@ -15,7 +15,8 @@ option in the toolkit unless it measurably helps:
 | `relu6-observed` | conv → ReLU6 outputs on an observed (histogram) range inside [0, 6] instead of the fixed [0, 6] |
 | `calib-N` | N calibration crops instead of `--calib` |
 | `keep-float-F` | the worst layers by per-layer SQNR kept float within MAC share F (`--keep-float-budget F`) |
-| `adaround` | learned weight rounding (`--adaround`) |
+| `adaround` | learned weight rounding for every layer (`--weight-rounding adaround`) |
+| `nearest` | nearest weight rounding everywhere (`--weight-rounding nearest`; the default before session 15) |
 | `float-stem` | the stem conv kept float (`--keep-float stem`; ExecuTorch's default already does this) |
 | `input-minmax` | the image's observer is MinMax, not Histogram (which may clip the brightest/darkest pixels) |
 
@@ -99,8 +100,8 @@ def run_recipe(recipe: str, model, info, target: str, photos, reference: torch.T
         kwargs["keep_float"] = ["stem"]
     elif recipe == "relu6-observed":
         patch = _relu6_observed()
-    elif recipe == "adaround":
-        kwargs["weight_rounding"] = "adaround"
+    elif recipe in ("adaround", "nearest"):
+        kwargs["weight_rounding"] = recipe
     elif recipe.startswith("calib-"):
         # new calibration crops only; the held-out crops (and the float reference) stay the same
         calib = real_photos(info.resolution, info.mean, info.std, int(recipe[6:]), 1, args.seed).calib_batches()
@@ -166,7 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
 
-    known = ("default", "logits-minmax", "relu6-observed", "adaround", "float-stem", "input-minmax")
+    known = ("default", "logits-minmax", "relu6-observed", "adaround", "nearest", "float-stem", "input-minmax")
     for recipe in args.recipes.split(","):
         if recipe not in known and not recipe.startswith(("calib-", "keep-float-")):
             p.error(f"unknown recipe {recipe!r}: one of {', '.join(known)}, calib-N, keep-float-F")

@@ -4,7 +4,7 @@
     python benchmarks/int8_bench.py --models mobilenet_v3_small_100,efficientnet_lite0 --quick
     python benchmarks/int8_bench.py --docs docs/int8.md   # also (re)write the docs page
     python benchmarks/int8_bench.py --models efficientnet_lite0 --heldout 1000 \
-        --recipes nearest,distill,adaround,adaround+distill  # one int8 artifact per quantization recipe
+        --recipes nearest,early,adaround,adaround+distill  # one int8 artifact per quantization recipe
 
 Per model and target it builds three artifacts from the same seeded model:
   float    lower(model, target, int8=False) → float export (native HARD_SWISH, no PAD ops)
@@ -66,15 +66,17 @@ def _vendor_quantized(model, example, calib, target):
 
 
 KEEP_FLOAT_BUDGET: float | None = None      # --keep-float-budget
-RECIPES = ["nearest"]                       # --weight-rounding / --recipes: one int8 variant per recipe
+RECIPES = ["early"]                         # --weight-rounding / --recipes: one int8 variant per recipe
 DISTILL_STEPS = 40                          # --distill-steps, for recipes with "distill"
 BIAS_CORRECTION = True                      # --no-bias-correction
 
 
 def _recipe_options(recipe: str) -> dict:
-    """quantize() keywords for a recipe: "nearest", "adaround", "distill", "adaround+distill"."""
+    """quantize() keywords for a recipe: a weight rounding ("early", the default, "nearest" or "adaround"),
+    optionally "+distill"; "distill" alone is the default rounding + distillation."""
     parts = set(recipe.split("+"))
-    return {"weight_rounding": "adaround" if "adaround" in parts else "nearest",
+    rounding = next((r for r in ("adaround", "nearest", "early") if r in parts), "early")
+    return {"weight_rounding": rounding,
             "distill_steps": DISTILL_STEPS if "distill" in parts else 0}
 
 
@@ -674,12 +676,13 @@ def main(argv=None) -> int:
     p.add_argument("--docs", type=Path, help="also write this markdown page (e.g. docs/int8.md)")
     p.add_argument("--keep-float-budget", type=float,
                    help="int8 variant keeps its worst layers in float within this MAC share (e.g. 0.05)")
-    p.add_argument("--weight-rounding", choices=["nearest", "adaround", "both"], default="nearest",
-                   help="int8 variant's weight rounding: the quantizers' nearest, or learned (quantization/adaround.py); "
-                        "both: an int8 (nearest) and an int8_adaround variant")
-    p.add_argument("--recipes", help="int8 variants instead of --weight-rounding, comma-separated, each nearest, "
-                   "adaround, distill or adaround+distill (quantization/distill.py); the first is 'int8', the "
-                   "others 'int8_<recipe>'")
+    p.add_argument("--weight-rounding", choices=["early", "nearest", "adaround", "both"], default="early",
+                   help="int8 variant's weight rounding: early (the default: learned for the first 3 layers, "
+                        "nearest elsewhere), the quantizers' nearest, or learned everywhere (quantization/"
+                        "adaround.py); both: an int8 (nearest) and an int8_adaround variant")
+    p.add_argument("--recipes", help="int8 variants instead of --weight-rounding, comma-separated, each a weight "
+                   "rounding (early, nearest, adaround), distill (early + distillation) or <rounding>+distill "
+                   "(quantization/distill.py); the first is 'int8', the others 'int8_<recipe>'")
     p.add_argument("--distill-steps", type=int, default=40, help="steps for the recipes with distill")
     p.add_argument("--no-bias-correction", action="store_true", help="int8 variant without bias correction")
     p.add_argument("--simulated", action="store_true",
@@ -709,8 +712,11 @@ def main(argv=None) -> int:
     RECIPES = (args.recipes.split(",") if args.recipes else
                ["nearest", "adaround"] if args.weight_rounding == "both" else [args.weight_rounding])
     for recipe in RECIPES:
-        if not recipe or not set(recipe.split("+")) <= {"nearest", "adaround", "distill"}:
-            p.error(f"--recipes: unknown recipe {recipe!r}; each is nearest, adaround, distill or adaround+distill")
+        parts = recipe.split("+")
+        if not recipe or not set(parts) <= {"early", "nearest", "adaround", "distill"} or \
+                sum(r in parts for r in ("early", "nearest", "adaround")) > 1:
+            p.error(f"--recipes: unknown recipe {recipe!r}; each is early, nearest, adaround, distill or "
+                    "<rounding>+distill")
     DISTILL_STEPS, BIAS_CORRECTION = args.distill_steps, not args.no_bias_correction
     if args.quick:
         args.calib, args.heldout, args.rounds = min(args.calib, 16), min(args.heldout, 32), min(args.rounds, 30)

@@ -55,7 +55,11 @@ def _bn_after(path: str, modules: dict[str, nn.Module]) -> nn.BatchNorm2d | None
         bn = modules.get(prefix + str(int(leaf) + 1))
     else:
         return None
-    if isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None:
+    # a name-only pairing: a model-level `conv` and `bn` need not be one conv → BN pair (CondenseNet-style
+    # `bn` after a cat); a BN of another width is certainly not the one PT2E folds into this conv
+    conv = modules.get(path)
+    if (isinstance(bn, nn.BatchNorm2d) and bn.running_var is not None
+            and getattr(conv, "out_channels", bn.num_features) == bn.num_features):
         return bn
     return None
 

@@ -141,11 +141,16 @@ QUANTIZER_BUILDERS: dict[str, Callable[[], tuple[Any, dict[str, Any], bool]]] = 
 }
 
 
+# "early" is the default: AdaRound on the first EARLY_LAYERS layers only (adaround.first_layers says why)
+WEIGHT_ROUNDINGS = ("early", "nearest", "adaround")
+EARLY_LAYERS = 3
+
+
 def export_options(options: dict) -> dict[str, Any]:
     """quantize() keyword arguments from an export's options (ExportRequest/ExportPlan .options): the one place
     that maps `--keep-float`, `--keep-float-budget`, `--adaround` and `--distill` onto quantization."""
     return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
-            "weight_rounding": options.get("weight_rounding", "nearest"),
+            "weight_rounding": options.get("weight_rounding", "early"),
             "distill_steps": options.get("distill_steps", 0)}
 
 
@@ -160,7 +165,7 @@ def quantize(
     timings: Any = None,
     bias_correction: bool = True,
     keep_float_budget: float | None = None,
-    weight_rounding: str = "nearest",
+    weight_rounding: str = "early",
     distill_steps: int = 0,
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
@@ -168,8 +173,10 @@ def quantize(
     `quantizer` picks another row of QUANTIZER_BUILDERS (e.g. "coreml-native"); default: the target's.
     `keep_float`: module paths left in float (ExportRequest.options["keep_float"]; see quantization/keep_float.py).
     `bias_correction`: correct each layer's bias for the mean shift of its int8 weights (bias_correction.py).
-    `weight_rounding`: "nearest" (the quantizers' own), or "adaround": learned up/down rounding on the same
-    int8 grid, written into the float weights before export (adaround.py).
+    `weight_rounding`: "early" (default): learned up/down rounding (AdaRound, adaround.py) on the same int8 grid
+    for the first EARLY_LAYERS conv/linear layers the image meets, written into the float weights before export,
+    and the quantizers' nearest rounding elsewhere; "adaround": learned rounding for every layer; "nearest":
+    the quantizers' own everywhere.
     `distill_steps`: after calibration, fine-tune the fake-int8 program's weights for this many steps (8 images
     each) so its outputs match the float model's on the calibration images (distill.py); 0: off.
     `keep_float_budget`: also keep the worst layers (per-layer SQNR drop, measured on a first int8 pass over
@@ -215,17 +222,18 @@ def quantize(
         float_layernorms = [p for p in layer_norms(model) if p not in keep_float]
         keep_float += float_layernorms
     corrected = 0
-    if weight_rounding not in ("nearest", "adaround"):
-        raise LwdeployError(f"unknown weight rounding {weight_rounding!r}", "one of: nearest, adaround")
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise LwdeployError(f"unknown weight rounding {weight_rounding!r}", f"one of: {', '.join(WEIGHT_ROUNDINGS)}")
     if distill_steps < 0:
         raise LwdeployError(f"distillation steps {distill_steps} is negative", "pass 0 (off) or a positive count")
     original, rounded = model, None
-    if weight_rounding == "adaround":
-        from lwdeploy.quantization.adaround import adaround
+    if weight_rounding != "nearest":
+        from lwdeploy.quantization.adaround import adaround, first_layers
 
         # on a copy: weights moved onto the int8 grid with learned rounding; PT2E re-quantizes them losslessly
+        only = first_layers(model, example, EARLY_LAYERS) if weight_rounding == "early" else None
         with step("quantize.adaround"):
-            model, rounded = adaround(model, calib, skip=keep_float or ())
+            model, rounded = adaround(model, calib, skip=keep_float or (), only=only)
     if bias_correction:
         from lwdeploy.quantization.bias_correction import correct_biases
 
@@ -303,8 +311,10 @@ def quantize(
     scheme["bias_correction"] = (f"{corrected} layers: bias -= E[(Q(W) - W)·x] on the calibration images"
                                  if bias_correction else "off")
     scheme["weight_rounding"] = ("nearest" if rounded is None else
-                                 f"adaround: {sum(r['kept'] == 'adaround' for r in rounded.values())} of "
-                                 f"{len(rounded)} layers learned (others nearest)")
+                                 f"{weight_rounding}: {sum(r['kept'] == 'adaround' for r in rounded.values())} of "
+                                 f"{len(rounded)} layers learned by AdaRound"
+                                 + (f" ({', '.join(rounded)})" if weight_rounding == "early" else "")
+                                 + ", the others nearest")
     scheme["distillation"] = distilled or "off"
     if unsplatted:
         scheme["uniform_biases_nudged"] = unsplatted

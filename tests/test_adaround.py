@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lwdeploy.quantization.adaround import adaround, round_layer
+from lwdeploy.quantization.adaround import adaround, first_layers, round_layer
 from lwdeploy.quantization.bias_correction import int8_weight, weight_scale
 from lwdeploy.quantization.bias_correction import _folded_weight
 
@@ -116,3 +116,37 @@ def test_quantize_adaround_program_carries_learned_weights():
                 torch.testing.assert_close(w, want[tuple(w.shape)], rtol=0, atol=1e-6)
                 found += 1
     assert found == 2
+
+
+def test_first_layers_follow_the_forward_pass_not_the_module_order():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(4, 2)              # defined first, runs last
+            self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.mid = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.head(self.mid(self.stem(x)).mean((2, 3)))
+
+    net = Net().eval()
+    assert first_layers(net, torch.randn(1, 3, 8, 8), 2) == ["stem", "mid"]
+    assert first_layers(net, torch.randn(1, 3, 8, 8), 5) == ["stem", "mid", "head"]
+    assert not net._forward_pre_hooks and not net.stem._forward_pre_hooks
+
+
+def test_early_rounding_is_the_default_and_learns_only_the_first_layers():
+    from lwdeploy.quantization import quantize
+
+    net = _net()
+    calib = _calib()
+    early = quantize(net, calib[0], "tflite", calib, bias_correction=False)
+    nearest = quantize(net, calib[0], "tflite", calib, bias_correction=False, weight_rounding="nearest")
+    first = first_layers(net, calib[0], 3)
+    assert early.scheme["weight_rounding"].startswith("early: ") and all(p in early.scheme["weight_rounding"]
+                                                                        for p in first)
+    assert nearest.scheme["weight_rounding"] == "nearest"
+    rounded, report = adaround(net, calib, only=first)
+    assert set(report) == set(first)                                  # `only` restricts AdaRound to them
+    later = [p for p, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and p not in first]
+    assert later and all(torch.equal(rounded.get_submodule(p).weight, net.get_submodule(p).weight) for p in later)

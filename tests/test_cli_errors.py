@@ -140,6 +140,8 @@ def test_sample_counts_must_be_positive(cli, tmp_path):
     (("--keep-float", "features.0"), "add --int8"),
     (("--int8", "--keep-float-budget", "1.5"), "not a fraction in (0, 1)"),
     (("--adaround",), "add --int8"),
+    (("--weight-rounding", "nearest"), "add --int8"),
+    (("--int8", "--adaround", "--weight-rounding", "early"), "keep one of them"),
     (("--distill",), "add --int8"),
     (("--int8", "--distill-steps", "10"), "add --distill"),
 ])

@@ -65,8 +65,10 @@ def test_distill_brings_the_calibrated_program_closer_to_float(net):
 def test_quantize_distills_on_request_and_keeps_the_callers_model(target, net):
     calib = list(tiny.images(16, seed=2).split(1))
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    plain = quantize(net, calib[0], target, calib)
-    tuned = quantize(net, calib[0], target, calib, distill_steps=30)
+    # nearest rounding: with the default's learned rounding of the first layers this tiny net's int8 error is
+    # already at the loss's printed precision, and the test is about distillation's plumbing
+    plain = quantize(net, calib[0], target, calib, weight_rounding="nearest")
+    tuned = quantize(net, calib[0], target, calib, weight_rounding="nearest", distill_steps=30)
     info = tuned.scheme["distillation"]
     assert plain.scheme["distillation"] == "off"
     assert info["steps"] == 30 and info["weights_tuned"] >= 5

@@ -61,9 +61,12 @@ def target_options(func):
 @click.option("--keep-float-budget", type=float, metavar="FRACTION",
               help="With --int8: also keep the layers whose int8 noise hurts most (per-layer SQNR) in float, "
                    "up to this share of the model's MACs, e.g. 0.05.")
-@click.option("--adaround", is_flag=True,
-              help="With --int8: learned up/down weight rounding (AdaRound) on the same int8 grid instead of "
-                   "nearest rounding; costs ~80–100 CPU s more for EfficientNet-Lite0.")
+@click.option("--weight-rounding", type=click.Choice(["early", "nearest", "adaround"]),
+              help="With --int8: how int8 weights are rounded. early (default): learned up/down rounding "
+                   "(AdaRound) for the first 3 layers the image meets, nearest for the rest (~1 s); adaround: "
+                   "learned for every layer (~80–100 CPU s more for EfficientNet-Lite0); nearest: the "
+                   "quantizers' own.")
+@click.option("--adaround", is_flag=True, help="With --int8: same as --weight-rounding adaround.")
 @click.option("--distill", is_flag=True,
               help="With --int8: after calibration, fine-tune the int8 program's weights so its outputs match the "
                    "float model's on the calibration images (quantization-aware distillation; ~1 min for "
@@ -75,7 +78,7 @@ def target_options(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON on stdout.")
 @target_options
 def export(model, targets, int8, out_dir, resolution, width, num_classes, weights, pretrained, calib,
-           calib_samples, heldout_samples, prune, finetune_epochs, dataset, finetune_samples, seed, keep_float, keep_float_budget, adaround, distill, distill_steps, jobs, as_json,
+           calib_samples, heldout_samples, prune, finetune_epochs, dataset, finetune_samples, seed, keep_float, keep_float_budget, weight_rounding, adaround, distill, distill_steps, jobs, as_json,
            **target_opts):
     """Export MODEL (zoo name, file.py:Class, timm:NAME, torchvision:NAME) and verify it on the host.
 
@@ -92,6 +95,14 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
                             "add --int8, or drop them for a float export")
     if adaround and not int8:
         raise LwdeployError("--adaround chooses how int8 weights are rounded", "add --int8, or drop --adaround")
+    if weight_rounding and not int8:
+        raise LwdeployError("--weight-rounding chooses how int8 weights are rounded",
+                            "add --int8, or drop --weight-rounding")
+    if adaround and weight_rounding not in (None, "adaround"):
+        raise LwdeployError(f"--adaround and --weight-rounding {weight_rounding} ask for different roundings",
+                            "keep one of them")
+    if adaround:
+        weight_rounding = "adaround"
     if distill and not int8:
         raise LwdeployError("--distill fine-tunes an int8 program", "add --int8, or drop --distill")
     if distill_steps is not None and not distill:
@@ -117,7 +128,7 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
                                options={**{k: v for k, v in target_opts.items() if v is not None},
                                         **({"keep_float": list(keep_float)} if keep_float else {}),
                                         **({"keep_float_budget": keep_float_budget} if keep_float_budget else {}),
-                                        **({"weight_rounding": "adaround"} if adaround else {}),
+                                        **({"weight_rounding": weight_rounding} if weight_rounding else {}),
                                         **({"distill_steps": distill_steps or 40} if distill else {})})
     console.print(summary_table(manifests))
     console.print(f"[green]done[/] in {time.perf_counter() - start:.1f} s — manifests beside each artifact")
