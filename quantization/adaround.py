@@ -183,10 +183,11 @@ def first_layers(model: nn.Module, example: torch.Tensor, n: int) -> list[str]:
     """The first `n` conv/linear layers the image passes through (execution order of one forward pass).
 
     Why these: an early layer's rounding error reaches every layer after it, and the first layers are the
-    cheapest to round (small fan-in). AdaRound on the first 3 of EfficientNet-Lite0 (real weights, 1000 held-out
-    crops, `benchmarks/int8_bench.py --recipes early,nearest`, docs/int8.md) gave most of what AdaRound on all 50 gives — TFLite 94.2 → 95.6 % top-1 agreement,
-    22.38 → 23.47 dB (all 50: 95.2 %, 23.77 dB), ExecuTorch 95.3 → 95.9 %, 22.87 → 23.78 dB (all: 96.2 %,
-    24.21 dB) — in ~1 s instead of ~65 s; its first 6 were no better than 3 (simulated int8, 23.40 dB both)."""
+    cheapest to round (small fan-in). On EfficientNet-Lite0 (real weights, 1000 held-out crops, `python
+    benchmarks/int8_bench.py --recipes early,nearest`, docs/int8.md) AdaRound on its first 3 layers gave most of
+    what AdaRound on all 50 gives, in ~1 s instead of ~65 s: TFLite 94.2 → 95.6 % top-1 agreement, 22.38 → 23.47
+    dB (all 50: 95.2 %, 23.77 dB); ExecuTorch 95.3 → 95.9 %, 22.87 → 23.78 dB (all: 96.2 %, 24.21 dB). Its first
+    6 were no better than 3 (simulated int8, 23.40 dB both)."""
     order: list[str] = []
     handles = [m.register_forward_pre_hook(lambda mod, args, path=path: order.append(path) if path not in order
                                            else None)
