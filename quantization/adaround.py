@@ -188,17 +188,9 @@ def first_layers(model: nn.Module, example: torch.Tensor, n: int) -> list[str]:
     what AdaRound on all 50 gives, in ~1 s instead of ~65 s: TFLite 94.2 → 95.6 % top-1 agreement, 22.38 → 23.47
     dB (all 50: 95.2 %, 23.77 dB); ExecuTorch 95.3 → 95.9 %, 22.87 → 23.78 dB (all: 96.2 %, 24.21 dB). Its first
     6 were no better than 3 (simulated int8, 23.40 dB both)."""
-    order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda mod, args, path=path: order.append(path) if path not in order
-                                           else None)
-               for path, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return order[:n]
+    from lwdeploy.models.input_readers import call_order
+
+    return call_order(model, example, (nn.Conv2d, nn.Linear))[:n]
 
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:
