@@ -148,7 +148,8 @@ EARLY_LAYERS = 3
 
 def export_options(options: dict) -> dict[str, Any]:
     """quantize() keyword arguments from an export's options (ExportRequest/ExportPlan .options): the one place
-    that maps `--keep-float`, `--keep-float-budget`, `--adaround` and `--distill` onto quantization."""
+    that maps `--keep-float`, `--keep-float-budget`, `--weight-rounding` (`--adaround`) and `--distill` onto
+    quantization."""
     return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
             "weight_rounding": options.get("weight_rounding", "early"),
             "distill_steps": options.get("distill_steps", 0)}
