@@ -41,6 +41,7 @@ from torch import nn
 
 from lwdeploy.quantization.bias_correction import QMAX, _bn_after, _folded_weight, int8_weight, weight_scale
 from lwdeploy.quantization.calibration import stack_batches
+from lwdeploy.quantization.keep_float import under
 from lwdeploy.quantization.pt2e import single_thread
 
 ZETA, GAMMA = 1.1, -0.1      # rectified-sigmoid stretch (paper §4.1)
@@ -193,10 +194,6 @@ def first_layers(model: nn.Module, example: torch.Tensor, n: int) -> list[str]:
     return call_order(model, example, (nn.Conv2d, nn.Linear))[:n]
 
 
-def _under(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == k or path.startswith(k + ".") for k in prefixes)
-
-
 def adaround(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[str] = (),
              only: Iterable[str] | None = None, samples: int = 8192, iters: int = 200, seed: int = 0,
              progress=None) -> tuple[nn.Module, dict]:
@@ -211,7 +208,7 @@ def adaround(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Iterable[
     layers = {p: m for p, m in modules.items()
               if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight is not None
               and not (isinstance(m, nn.Conv2d) and m.padding_mode != "zeros")
-              and not _under(p, skip) and (chosen is None or _under(p, chosen))}
+              and not under(p, skip) and (chosen is None or under(p, chosen))}
     images = stack_batches(calib)
     with single_thread():   # small ops: a second thread only waits (and the machine is shared)
         return _adaround(out, modules, layers, images, samples, iters, seed, progress)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lwdeploy.quantization.calibration import stack_batches
+from lwdeploy.quantization.keep_float import under
 
 
 QMAX = 127                   # symmetric int8 weights on [-127, 127] (litert-torch, XNNPACK, our Core ML rules)
@@ -110,7 +111,7 @@ def correct_biases(model: nn.Module, calib: Iterable[torch.Tensor], *, skip: Ite
     for path, m in modules.items():
         if not isinstance(m, (nn.Conv2d, nn.Linear)) or m.weight is None:
             continue
-        if any(path == k or path.startswith(k + ".") for k in skip):
+        if under(path, skip):
             continue
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             continue

@@ -92,8 +92,13 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -
     return [parent] if isinstance(holder, ConvBNAct) and holder.conv is conv else [path]
 
 
+def under(path: str, prefixes: Iterable[str]) -> bool:
+    """Whether module `path` is one of `prefixes` or inside one of them."""
+    return any(path == k or path.startswith(k + ".") for k in prefixes)
+
+
 def _inside(node: torch.fx.Node, paths: tuple[str, ...]) -> bool:
-    return any(p == k or p.startswith(k + ".") for p in _node_paths(node) for k in paths)
+    return any(under(p, paths) for p in _node_paths(node))
 
 
 def _refers_to(spec, dropped: set) -> bool:
@@ -130,7 +135,7 @@ class KeepFloat(Quantizer):
         for n in nodes:
             if _inside(n, self.paths):
                 for k in self.paths:
-                    if any(p == k or p.startswith(k + ".") for p in _node_paths(n)):
+                    if any(under(p, (k,)) for p in _node_paths(n)):
                         hit[k] = True
                 if ANNOTATION in n.meta:
                     del n.meta[ANNOTATION]
