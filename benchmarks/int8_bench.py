@@ -74,8 +74,10 @@ BIAS_CORRECTION = True                      # --no-bias-correction
 def _recipe_options(recipe: str) -> dict:
     """quantize() keywords for a recipe: a weight rounding ("early", the default, "nearest" or "adaround"),
     optionally "+distill"; "distill" alone is the default rounding + distillation."""
+    from lwdeploy.quantization.pt2e import WEIGHT_ROUNDINGS
+
     parts = set(recipe.split("+"))
-    rounding = next((r for r in ("adaround", "nearest", "early") if r in parts), "early")
+    rounding = next((r for r in WEIGHT_ROUNDINGS if r in parts), "early")   # main() allows at most one
     return {"weight_rounding": rounding,
             "distill_steps": DISTILL_STEPS if "distill" in parts else 0}
 
@@ -707,14 +709,16 @@ def main(argv=None) -> int:
     if args.fashion and not args.from_json and args.fashion_train > 60000 - FASHION_VAL_IMAGES:
         p.error(f"--fashion-train {args.fashion_train}: at most {60000 - FASHION_VAL_IMAGES}; the train split's last "
                 f"{FASHION_VAL_IMAGES} images decide --fashion-min-acc")
+    from lwdeploy.quantization.pt2e import WEIGHT_ROUNDINGS
+
     global KEEP_FLOAT_BUDGET, RECIPES, DISTILL_STEPS, BIAS_CORRECTION
     KEEP_FLOAT_BUDGET = args.keep_float_budget
     RECIPES = (args.recipes.split(",") if args.recipes else
                ["nearest", "adaround"] if args.weight_rounding == "both" else [args.weight_rounding])
     for recipe in RECIPES:
         parts = recipe.split("+")
-        if not recipe or not set(parts) <= {"early", "nearest", "adaround", "distill"} or \
-                sum(r in parts for r in ("early", "nearest", "adaround")) > 1:
+        if not recipe or not set(parts) <= {*WEIGHT_ROUNDINGS, "distill"} or \
+                sum(r in parts for r in WEIGHT_ROUNDINGS) > 1:
             p.error(f"--recipes: unknown recipe {recipe!r}; each is early, nearest, adaround, distill or "
                     "<rounding>+distill")
     DISTILL_STEPS, BIAS_CORRECTION = args.distill_steps, not args.no_bias_correction
