@@ -37,6 +37,9 @@ class Target:
 
 
 
+NHWC_HELP = ("NHWC input, no layout TRANSPOSE at the input (tflite: shape (1,H,W,3); executorch: shape (1,3,H,W) in "
+             "channels-last dim order, the bytes in H,W,C order)")
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -48,7 +51,7 @@ TARGETS: dict[str, Target] = {
             options=(
                 TargetOption("fp16", bool, False, "float16 weights (tflite: FLOAT16 constants + DEQUANTIZE, float32 "
                              "arithmetic; coreml: float16 compute precision)"),
-                TargetOption("nhwc", bool, False, "NHWC (1,H,W,3) input and no layout TRANSPOSE at the input"),
+                TargetOption("nhwc", bool, False, NHWC_HELP),
                 TargetOption("metadata", bool, True, "store labels + normalisation in the .tflite metadata"),
             ),
         ),
@@ -58,6 +61,7 @@ TARGETS: dict[str, Target] = {
             description="torch.export → to_edge_transform_and_lower(XnnpackPartitioner) → .pte; int8 via "
             "XNNPACKQuantizer; verified with the ExecuTorch runtime",
             options=(
+                TargetOption("nhwc", bool, False, NHWC_HELP),
                 TargetOption("etrecord", bool, True, "write an ETRecord beside the .pte (maps profiler events to PyTorch modules)"),
                 TargetOption("delegate", str, "xnnpack", "backend the .pte delegates to: xnnpack (CPU, verified here) or "
                              "coreml (Apple ANE/GPU/CPU; structural checks only off macOS)", choices=("xnnpack", "coreml")),

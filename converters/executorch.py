@@ -90,6 +90,22 @@ def _partitioner(delegate: str, req: ExportRequest):
     raise LwdeployError(f"unknown ExecuTorch delegate {delegate!r}", "use --delegate xnnpack or --delegate coreml")
 
 
+def _transform_passes(delegate: str) -> list:
+    """Edge passes run before partitioning.
+
+    torch.export writes `flatten`/`reshape` of a permuted tensor as a copy (`_clone_dim_order`) then a view. In
+    edge IR `permute_copy` already returns a dense tensor, so the copy is a no-op, and ExecuTorch removes it, but
+    only inside the XNNPACK backend, after partitioning. Until then XNNPACK's partitioner takes a clone in float
+    only: in a channel shuffle (permute → flatten) the int8 tensor was converted to float, reshaped and converted
+    back, two extra passes over it per shuffle (ShuffleNet v2: 32 converts). Removing the no-op copies first keeps
+    the reshape int8 (and drops the dequantize → quantize pair around the copy)."""
+    if delegate != "xnnpack":
+        return []
+    from executorch.backends.transforms.remove_clone_ops import RemoveCloneOpsTransform
+
+    return [RemoveCloneOpsTransform(preserve_input_output_copies=True)]
+
+
 class ExecuTorchConverter(Converter):
     name = "executorch"
     suffix = ".pte"
@@ -100,9 +116,17 @@ class ExecuTorchConverter(Converter):
 
         timer = timer or StageTimer()
         model, example = req.model.eval(), req.example
+        delegate = req.options.get("delegate", "xnnpack")
+        nhwc = bool(req.options.get("nhwc"))
+        if nhwc and delegate != "xnnpack":
+            raise LwdeployError("--nhwc is for the XNNPACK delegate (its layout pass reads a channels-last input as is)",
+                                "leave out --nhwc with --delegate coreml")
+        if nhwc:
+            # An example in channels-last memory gives the program's input that dim order (shape stays (1,3,H,W)),
+            # and XNNPACK's layout pass then reads it as the NHWC it already is: no transpose at the input.
+            example = example.contiguous(memory_format=torch.channels_last)
         quantization: dict[str, Any] = {"scheme": "none (float32)"}
         graph_for_errors = None
-        delegate = req.options.get("delegate", "xnnpack")
         partitioner = _partitioner(delegate, req)
         try:
             with shared_node_provenance():  # ~30 % less CPU in to_edge_transform_and_lower
@@ -115,10 +139,13 @@ class ExecuTorchConverter(Converter):
                     quantization = {"scheme": "int8 static (PT2E), per-channel weights", **qm.scheme}
                 with timer("torch_export"):
                     # the pipeline exports a shared int8 program once to hand it to a worker: reuse that one
-                    exported = getattr(req.quantized, "exported", None) or torch.export.export(model, (example,))
+                    # (an NCHW export: with --nhwc the program is exported again from its channels-last example)
+                    shared = None if nhwc else getattr(req.quantized, "exported", None)
+                    exported = shared or torch.export.export(model, (example,))
                 graph_for_errors = exported
                 with timer("to_edge_transform_and_lower"), graph_aware_xnnpack_passes():
                     edge = to_edge_transform_and_lower(exported, partitioner=[partitioner],
+                                                       transform_passes=_transform_passes(delegate),
                                                        generate_etrecord=generate_etrecord)
                 delegation = {"delegate": delegate, **delegation_of(edge)}
                 with timer("to_executorch"):
@@ -185,18 +212,26 @@ class ExecuTorchConverter(Converter):
                 "the ExecuTorch runtime could not load this program (XNNPACK refused it at init; see the "
                 "runtime log above, e.g. 'XNN Runtime creation failed'): no fidelity or latency"])
         checks["loads"] = "ok"
+        layout = checks["inputs"][0].get("layout", "NCHW")
         with timer("fidelity"):
-            outputs = [method.execute((x.unsqueeze(0).contiguous(),))[0] for x in inputs]
+            outputs = [method.execute((as_pte_input(x.unsqueeze(0), layout),))[0] for x in inputs]
             output = torch.cat([o.reshape(1, -1) for o in outputs])
-        example = (inputs[:1].contiguous(),)
+        example = (as_pte_input(inputs[:1], layout),)
         with timer("latency"):
             latency = time_calls(lambda: method.execute(example), WARMUP, TIMED_RUNS)
         notes = [f"ExecuTorch Python runtime (pybindings), XNNPACK; latency after {WARMUP} warm-up runs"]
         return Verification(True, checks, compare(output, reference), latency, notes, timings=timer.as_dict())
 
 
-def inspect_pte(path: Path | str) -> dict[str, Any]:
-    """Facts read from the .pte itself: inputs/outputs, delegates by backend, non-delegated kernels."""
+def as_pte_input(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """An NCHW image batch in the memory order the program reads. The runtime copies an input's bytes without
+    looking at its strides: an NCHW-contiguous tensor given to an NHWC (channels-last) input is silently misread."""
+    return x.contiguous(memory_format=torch.channels_last) if layout == "NHWC" else x.contiguous()
+
+
+def inspect_pte(path: Path | str, xnnpack_nodes: bool = True) -> dict[str, Any]:
+    """Facts read from the .pte itself: inputs/outputs (with their layout), delegates by backend, non-delegated
+    kernels, and (`xnnpack_nodes`) the node kinds inside the XNNPACK delegates."""
     from executorch.exir._serialize._program import deserialize_pte_binary
     from executorch.exir.scalar_type import ScalarType
 
@@ -209,9 +244,17 @@ def inspect_pte(path: Path | str) -> dict[str, Any]:
         sizes = list(getattr(val, "sizes", []))
         dtype = getattr(val, "scalar_type", None)
         name = ScalarType(int(dtype)).name.lower() if dtype is not None else "?"
-        return {"shape": sizes, "dtype": {"float": "float32", "char": "int8", "byte": "uint8"}.get(name, name)}
+        out = {"shape": sizes, "dtype": {"float": "float32", "char": "int8", "byte": "uint8"}.get(name, name)}
+        dim_order = list(getattr(val, "dim_order", None) or range(len(sizes)))
+        if len(sizes) == 4:
+            out["layout"] = "NHWC" if dim_order == [0, 2, 3, 1] else "NCHW"
+        return out
 
     backends = collections.Counter(d.id for d in plan.delegates)
+    kinds: collections.Counter[str] = collections.Counter()
+    for delegate in plan.delegates if xnnpack_nodes else ():
+        if delegate.id == "XnnpackBackend":
+            kinds.update(xnnpack_node_kinds(bytes(program.backend_delegate_data[delegate.processed.index].data)))
     return {
         "method": plan.name,
         "inputs": [tensor(i) for i in plan.inputs],
@@ -219,4 +262,29 @@ def inspect_pte(path: Path | str) -> dict[str, Any]:
         "delegates": dict(backends),
         "delegate_partitions": len(plan.delegates),
         "kernels_outside_delegate": sorted({op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators}),
+        **({"xnnpack_nodes": dict(kinds.most_common())} if kinds else {}),
     }
+
+
+def xnnpack_node_kinds(blob: bytes) -> collections.Counter[str]:
+    """{'XNNStaticTranspose': 1, 'XNNConv2d': 52, …}: the nodes of one XNNPACK delegate payload.
+
+    ExecuTorch writes no reader for its XNNPACK graph, only a writer (JSON → flatc); this reads it back the same
+    way, with flatc and the schema the wheel ships. It is how layout transposes are counted on ExecuTorch."""
+    import json
+    import re
+    import tempfile
+
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader, _get_schema_bytes
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+
+    header = XNNHeader.from_bytes(blob[:XNNHeader.EXPECTED_LENGTH])
+    with tempfile.TemporaryDirectory(prefix="lwdeploy-xnn-") as tmp:
+        schema, graph = Path(tmp) / "schema.fbs", Path(tmp) / "graph.bin"
+        schema.write_bytes(_get_schema_bytes())
+        graph.write_bytes(blob[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
+        _flatc_decompile(tmp, str(schema), str(graph), ["--raw-binary"])
+        text = (Path(tmp) / "graph.json").read_text()
+    # flatc writes non-finite clamp bounds as bare inf/nan, which JSON has no literal for; only node kinds are read
+    nodes = json.loads(re.sub(r"(?<![\w\"])(-?inf|nan)(?![\w\"])", "0", text)).get("xnodes", [])
+    return collections.Counter(n["xnode_union_type"] for n in nodes)

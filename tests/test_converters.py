@@ -178,8 +178,71 @@ def test_executorch_float_fully_delegated_and_matches(net, data, tmp_dir):
     # outside XNNPACK; every convolution, activation, pool and linear must be delegated.
     assert set(ver.checks["kernels_outside_delegate"]) <= {"dim_order_ops::_to_dim_order_copy.out"}, ver.checks
     assert ver.checks["delegate_partitions"] == 1
-    assert ver.checks["inputs"][0] == {"shape": [1, 3, tiny.RES, tiny.RES], "dtype": "float32"}
+    assert ver.checks["inputs"][0] == {"shape": [1, 3, tiny.RES, tiny.RES], "dtype": "float32", "layout": "NCHW"}
     assert ver.fidelity["max_abs_diff"] < 1e-3 and ver.fidelity["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_executorch_nhwc_input_has_no_layout_transpose(net, data, tmp_dir, int8):
+    from executorch.runtime import Runtime
+
+    _, plain = export("executorch", int8, net, data, tmp_dir, etrecord=False)
+    result, ver = export("executorch", int8, net, data, tmp_dir, etrecord=False, nhwc=True)
+    # same shape, channels-last dim order: the bytes are H,W,C and XNNPACK reads them without a transpose
+    assert ver.checks["inputs"][0]["shape"] == [1, 3, tiny.RES, tiny.RES]
+    assert ver.checks["inputs"][0]["layout"] == "NHWC" and plain.checks["inputs"][0]["layout"] == "NCHW"
+    transposes = ver.checks["xnnpack_nodes"].get("XNNStaticTranspose", 0)
+    assert transposes == plain.checks["xnnpack_nodes"]["XNNStaticTranspose"] - 1, ver.checks["xnnpack_nodes"]
+    # verify() fed channels-last tensors: the outputs match PyTorch as closely as the NCHW program's do
+    if int8:
+        assert ver.fidelity["sqnr_db"] > 15 and abs(ver.fidelity["sqnr_db"] - plain.fidelity["sqnr_db"]) < 1
+    else:
+        assert ver.fidelity["max_abs_diff"] < 1e-3
+    # the runtime does not convert layouts: NCHW bytes given to this program are misread (what as_pte_input is for)
+    x, ref, _ = data
+    method = Runtime.get().load_program(result.path).load_method("forward")
+    wrong = method.execute((x[:1].contiguous(),))[0]
+    right = method.execute((x[:1].contiguous(memory_format=torch.channels_last),))[0]
+    assert (right - ref[:1]).abs().max() < (wrong - ref[:1]).abs().max()
+
+
+class _ShuffleNet(nn.Module):
+    """conv → channel shuffle → conv: the shuffle's flatten of a permuted tensor is a copy + view in torch.export."""
+
+    def __init__(self, shuffle: bool):
+        super().__init__()
+        self.shuffle = shuffle
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU())
+        self.out = nn.Sequential(nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(32, tiny.CLASSES))
+
+    def forward(self, x):
+        x = self.mid(self.stem(x))
+        if self.shuffle:
+            from lwdeploy.models.layers import channel_shuffle
+
+            x = channel_shuffle(x, 2)
+        return self.out(x)
+
+
+def test_executorch_int8_channel_shuffle_stays_int8(data, tmp_path):
+    """The copy torch.export writes for the shuffle's flatten is dropped before partitioning
+    (executorch._transform_passes): XNNPACK took it in float only, and the reshape after it ran in float
+    between two Converts."""
+    from lwdeploy.converters.executorch import inspect_pte
+
+    x, _, calib = data
+    converts, reshapes = {}, {}
+    for shuffle in (False, True):
+        net = _ShuffleNet(shuffle).eval()
+        out = tmp_path / f"shuffle_{shuffle}.pte"
+        req = ExportRequest(net, x[:1].clone(), tiny.INFO, out, int8=True, calib=calib, options={"etrecord": False})
+        get_converter("executorch").convert(req)
+        nodes = inspect_pte(out)["xnnpack_nodes"]
+        converts[shuffle], reshapes[shuffle] = nodes.get("XNNConvert", 0), nodes.get("XNNStaticReshape", 0)
+    assert reshapes[True] == reshapes[False] + 2, reshapes  # the shuffle's unflatten and flatten are delegated
+    assert converts[True] == converts[False], converts
 
 
 def test_executorch_int8_matches_float(net, data, tmp_dir):

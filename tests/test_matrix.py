@@ -169,6 +169,17 @@ def test_target_stem_names_fp16_and_coreml_delegate_artifacts():
     assert target_stem("m_fp32", "executorch", ExportPlan("m", [], Path("."))) == "m_fp32"
 
 
+def test_manifest_input_layout_follows_nhwc_where_the_target_takes_it():
+    from pathlib import Path
+
+    from lwdeploy.pipeline import ExportPlan, input_layout
+
+    nhwc = ExportPlan("m", ["tflite", "executorch", "coreml"], Path("."), options={"nhwc": True})
+    assert [input_layout(t, nhwc) for t in nhwc.targets] == ["NHWC", "NHWC", "NCHW"]  # Core ML: an image input
+    plain = ExportPlan("m", ["tflite", "executorch"], Path("."))
+    assert [input_layout(t, plain) for t in plain.targets] == ["NCHW", "NCHW"]
+
+
 def test_zoo_table_merges_matrix_folders_per_cell(tmp_path):
     from benchmarks.zoo_int8 import merged_cells
 

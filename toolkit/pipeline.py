@@ -562,6 +562,15 @@ def _convert_all(plan: ExportPlan, net, info, example, images, out_paths, say, w
     return out
 
 
+def input_layout(target: str, plan: ExportPlan) -> str:
+    """'NHWC' where --nhwc applies to `target` (TFLite: shape (1,H,W,3); ExecuTorch: (1,3,H,W) in channels-last
+    dim order), else 'NCHW': an app fills the input buffer in this order."""
+    from lwdeploy.converters import TARGETS
+
+    takes_nhwc = any(o.key == "nhwc" for o in TARGETS[target].options)
+    return "NHWC" if plan.options.get("nhwc") and takes_nhwc else "NCHW"
+
+
 def _verify_and_record(conv, target, result, convert_s, info, images, reference, out_path, plan, model_meta,
                        say, shared_timings: dict | None = None) -> dict:
     """Verify one artifact on the host and write its manifest."""
@@ -584,7 +593,7 @@ def _verify_and_record(conv, target, result, convert_s, info, images, reference,
                      "extra_files": [{"file": Path(f).name, "sha256": sha256_of(f)} for f in result.extra_files]},
         "conversion": result.details,
         "model": model_meta,
-        "preprocessing": {"resolution": model_meta["resolution"], "layout": "NCHW", "color": "RGB",
+        "preprocessing": {"resolution": model_meta["resolution"], "layout": input_layout(target, plan), "color": "RGB",
                           "range": "0..1 then (x-mean)/std", "mean": list(info.mean), "std": list(info.std)},
         "quantization": result.quantization if plan.int8 else {"scheme": "none (float32)"},
         "calibration": images.describe() if plan.int8 else None,

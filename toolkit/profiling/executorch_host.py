@@ -46,9 +46,13 @@ def _host_device(runtime_version: str) -> dict:
             "serial": platform.node(), "runtime": "executorch", "runtime_version": runtime_version}
 
 
-def _example_inputs(method) -> list:
+def _example_inputs(method, artifact: Path) -> list:
     import torch
 
+    from lwdeploy.converters.executorch import as_pte_input, inspect_pte
+
+    # the runtime's metadata has no dim order: an --nhwc program's channels-last input is read from the file
+    layouts = [t.get("layout", "NCHW") for t in inspect_pte(artifact, xnnpack_nodes=False)["inputs"]]
     meta = method.metadata
     inputs = []
     for i in range(meta.num_inputs()):
@@ -56,7 +60,8 @@ def _example_inputs(method) -> list:
         dtype = {6: torch.float32, 1: torch.int8, 0: torch.uint8, 3: torch.int32, 4: torch.int64}.get(
             int(tm.dtype()), torch.float32)
         shape = list(tm.sizes())
-        inputs.append(torch.rand(shape).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype))
+        x = torch.rand(shape).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+        inputs.append(as_pte_input(x, layouts[i]) if i < len(layouts) else x)
     return inputs
 
 
@@ -131,7 +136,7 @@ def _profile_python(artifact: Path, etrecord: Path, *, runs: int, warmup: int, t
 
     program = Runtime.get().load_program(artifact, enable_etdump=True)
     method = program.load_method("forward")
-    inputs = _example_inputs(method)
+    inputs = _example_inputs(method, artifact)
     for _ in range(warmup):
         method.execute(inputs)
     wall = []
