@@ -206,6 +206,21 @@ def test_executorch_nhwc_input_has_no_layout_transpose(net, data, tmp_dir, int8)
     assert (right - ref[:1]).abs().max() < (wrong - ref[:1]).abs().max()
 
 
+def test_inspect_pte_reports_an_unreadable_xnnpack_graph_instead_of_failing(net, data, tmp_dir, monkeypatch):
+    from lwdeploy.converters import executorch as et
+
+    result, ver = export("executorch", False, net, data, tmp_dir)
+    nodes = ver.checks["xnnpack_nodes"]
+    assert nodes["XNNConv2d"] + nodes.get("XNNDepthwiseConv2d", 0) == 7, nodes  # the tiny net's 7 convolutions
+
+    def no_flatc(blob):
+        raise FileNotFoundError("flatc")
+
+    monkeypatch.setattr(et, "xnnpack_node_kinds", no_flatc)
+    checks = et.inspect_pte(result.path)
+    assert checks["xnnpack_nodes"].startswith("not read: FileNotFoundError") and checks["delegate_partitions"] == 1
+
+
 class _ShuffleNet(nn.Module):
     """conv → channel shuffle → conv: the shuffle's flatten of a permuted tensor is a copy + view in torch.export."""
 
