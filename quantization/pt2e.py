@@ -232,7 +232,7 @@ def quantize(
         from lwdeploy.quantization.adaround import adaround, first_layers
 
         # on a copy: weights moved onto the int8 grid with learned rounding; PT2E re-quantizes them losslessly
-        only = first_layers(model, example, EARLY_LAYERS, skip=keep_float or ()) if weight_rounding == "early" else None
+        only = first_layers(model, example, EARLY_LAYERS) if weight_rounding == "early" else None
         with step("quantize.adaround"):
             model, rounded = adaround(model, calib, skip=keep_float or (), only=only)
     if bias_correction:

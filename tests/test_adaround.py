@@ -132,8 +132,6 @@ def test_first_layers_follow_the_forward_pass_not_the_module_order():
     net = Net().eval()
     assert first_layers(net, torch.randn(1, 3, 8, 8), 2) == ["stem", "mid"]
     assert first_layers(net, torch.randn(1, 3, 8, 8), 5) == ["stem", "mid", "head"]
-    # layers kept float (ExecuTorch's float RGB stem) are not counted: the first n int8 layers are rounded
-    assert first_layers(net, torch.randn(1, 3, 8, 8), 2, skip=["stem"]) == ["mid", "head"]
     assert not net._forward_pre_hooks and not net.stem._forward_pre_hooks
 
 
@@ -152,14 +150,3 @@ def test_early_rounding_is_the_default_and_learns_only_the_first_layers():
     assert set(report) == set(first)                                  # `only` restricts AdaRound to them
     later = [p for p, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and p not in first]
     assert later and all(torch.equal(rounded.get_submodule(p).weight, net.get_submodule(p).weight) for p in later)
-
-
-def test_early_rounding_on_executorch_learns_the_first_int8_layers_after_its_float_stem():
-    from lwdeploy.quantization import quantize
-
-    net = _net()
-    calib = _calib()
-    q = quantize(net, calib[0], "executorch", calib, bias_correction=False)
-    assert q.scheme["float_stem"]["layers"] == ["0"], q.scheme   # the 3×3 conv reading the image stays float there
-    # the 3 learned layers are the first 3 int8 ones, not the float stem plus two
-    assert q.scheme["weight_rounding"].startswith("early: 3 of 3 layers learned by AdaRound (3, 5, 8)"), q.scheme
