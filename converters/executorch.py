@@ -252,13 +252,17 @@ def inspect_pte(path: Path | str, xnnpack_nodes: bool = True) -> dict[str, Any]:
         return out
 
     backends = collections.Counter(d.id for d in plan.delegates)
-    kinds: collections.Counter[str] | str = collections.Counter()
+    xnn: dict[str, Any] = {"xnnpack_nodes": collections.Counter(), "transpose": 0, "quantize": 0, "dequantize": 0}
     try:
         for delegate in plan.delegates if xnnpack_nodes else ():
             if delegate.id == "XnnpackBackend":
-                kinds.update(xnnpack_node_kinds(bytes(program.backend_delegate_data[delegate.processed.index].data)))
+                facts = xnnpack_graph_facts(bytes(program.backend_delegate_data[delegate.processed.index].data))
+                xnn["xnnpack_nodes"].update(facts.pop("nodes"))
+                for k, v in facts.items():
+                    xnn[k] += v
+        xnn["xnnpack_nodes"] = dict(xnn["xnnpack_nodes"].most_common())
     except (OSError, ValueError, subprocess.CalledProcessError) as e:  # a fact to report, not a reason to fail
-        kinds = f"not read: {type(e).__name__}: {str(e)[:200]}"
+        xnn = {"xnnpack_nodes": f"not read: {type(e).__name__}: {str(e)[:200]}"}
     return {
         "method": plan.name,
         "inputs": [tensor(i) for i in plan.inputs],
@@ -266,15 +270,18 @@ def inspect_pte(path: Path | str, xnnpack_nodes: bool = True) -> dict[str, Any]:
         "delegates": dict(backends),
         "delegate_partitions": len(plan.delegates),
         "kernels_outside_delegate": sorted({op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators}),
-        **({"xnnpack_nodes": kinds if isinstance(kinds, str) else dict(kinds.most_common())} if kinds else {}),
+        **(xnn if xnn["xnnpack_nodes"] else {}),
     }
 
 
-def xnnpack_node_kinds(blob: bytes) -> collections.Counter[str]:
-    """{'XNNStaticTranspose': 1, 'XNNConv2d': 52, …}: the nodes of one XNNPACK delegate payload.
+def xnnpack_graph_facts(blob: bytes) -> dict[str, Any]:
+    """What one XNNPACK delegate payload holds: its node kinds ({'XNNConv2d': 52, …}), and the counts TFLite's
+    checks call transpose / quantize / dequantize: transposes that move data (of a tensor with two or more dims
+    longer than 1: the input's NCHW → NHWC, a shuffle's; not the pooled 1×1×C features' reshape to NCHW), and
+    Converts float → int8 and int8 → float (float islands inside the delegate).
 
     ExecuTorch writes no reader for its XNNPACK graph, only a writer (JSON → flatc); this reads it back the same
-    way, with flatc and the schema the wheel ships. It is how layout transposes are counted on ExecuTorch."""
+    way, with flatc and the schema the wheel ships."""
     import json
     import re
     import tempfile
@@ -289,6 +296,21 @@ def xnnpack_node_kinds(blob: bytes) -> collections.Counter[str]:
         graph.write_bytes(blob[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
         _flatc_decompile(tmp, str(schema), str(graph), ["--raw-binary"])
         text = (Path(tmp) / "graph.json").read_text()
-    # flatc writes non-finite clamp bounds as bare inf/nan, which JSON has no literal for; only node kinds are read
-    nodes = json.loads(re.sub(r"(?<![\w\"])(-?inf|nan)(?![\w\"])", "0", text)).get("xnodes", [])
-    return collections.Counter(n["xnode_union_type"] for n in nodes)
+    # flatc writes non-finite clamp bounds as bare inf/nan, which JSON has no literal for; no value here is read
+    g = json.loads(re.sub(r"(?<![\w\"])(-?inf|nan)(?![\w\"])", "0", text))
+    values = {}
+    for v in g.get("xvalues", []):
+        t = v["xvalue_union"].get("tensor_value", v["xvalue_union"])
+        values[t.get("id_out")] = (t.get("datatype", ""), t.get("dims") or [])
+    facts = {"nodes": collections.Counter(), "transpose": 0, "quantize": 0, "dequantize": 0}
+    for n in g.get("xnodes", []):
+        kind, node = n["xnode_union_type"], n["xnode_union"]
+        facts["nodes"][kind] += 1
+        src, dst = values.get(node.get("input_id"), ("", [])), values.get(node.get("output_id"), ("", []))
+        if kind == "XNNStaticTranspose" and sum(d > 1 for d in src[1]) >= 2:
+            facts["transpose"] += 1
+        elif kind == "XNNConvert" and src[0].endswith("fp32") and not dst[0].endswith("fp32"):
+            facts["quantize"] += 1
+        elif kind == "XNNConvert" and dst[0].endswith("fp32") and not src[0].endswith("fp32"):
+            facts["dequantize"] += 1
+    return facts

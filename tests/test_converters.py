@@ -193,6 +193,7 @@ def test_executorch_nhwc_input_has_no_layout_transpose(net, data, tmp_dir, int8)
     assert ver.checks["inputs"][0]["layout"] == "NHWC" and plain.checks["inputs"][0]["layout"] == "NCHW"
     transposes = ver.checks["xnnpack_nodes"].get("XNNStaticTranspose", 0)
     assert transposes == plain.checks["xnnpack_nodes"]["XNNStaticTranspose"] - 1, ver.checks["xnnpack_nodes"]
+    assert plain.checks["transpose"] == 1 and ver.checks["transpose"] == 0  # the ones that move data
     # verify() fed channels-last tensors: the outputs match PyTorch as closely as the NCHW program's do
     if int8:
         assert ver.fidelity["sqnr_db"] > 15 and abs(ver.fidelity["sqnr_db"] - plain.fidelity["sqnr_db"]) < 1
@@ -216,7 +217,7 @@ def test_inspect_pte_reports_an_unreadable_xnnpack_graph_instead_of_failing(net,
     def no_flatc(blob):
         raise FileNotFoundError("flatc")
 
-    monkeypatch.setattr(et, "xnnpack_node_kinds", no_flatc)
+    monkeypatch.setattr(et, "xnnpack_graph_facts", no_flatc)
     checks = et.inspect_pte(result.path)
     assert checks["xnnpack_nodes"].startswith("not read: FileNotFoundError") and checks["delegate_partitions"] == 1
 
@@ -256,6 +257,8 @@ def test_executorch_int8_channel_shuffle_stays_int8(data, tmp_path):
         get_converter("executorch").convert(req)
         nodes = inspect_pte(out)["xnnpack_nodes"]
         converts[shuffle], reshapes[shuffle] = nodes.get("XNNConvert", 0), nodes.get("XNNStaticReshape", 0)
+        checks = inspect_pte(out)
+        assert checks["quantize"] + checks["dequantize"] == converts[shuffle]
     assert reshapes[True] == reshapes[False] + 2, reshapes  # the shuffle's unflatten and flatten are delegated
     assert converts[True] == converts[False], converts
 

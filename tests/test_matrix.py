@@ -203,6 +203,23 @@ def test_zoo_table_merges_matrix_folders_per_cell(tmp_path):
     assert {p: m["artifact"]["from"] for p, m in found["executorch"].items()} == {"fp32": "all", "int8": "all"}
 
 
+def test_zoo_table_fills_executorch_counts_of_kept_rows_from_their_files(monkeypatch):
+    from benchmarks import zoo_int8
+
+    read = []
+    monkeypatch.setattr(zoo_int8, "_xnnpack_counts",
+                        lambda path: read.append(str(path)) or {"transpose": 1, "quantize": 2, "dequantize": 2})
+    kept = {"model": "old", "targets": {"executorch": {"int8": {"cpu_ms": 1.0}}}}
+    timed = {"model": "new", "targets": {"executorch": {"int8": {"transpose": 0, "quantize": 1, "dequantize": 1}}}}
+    found = {m: {"executorch": {"int8": {"artifact": {"path": f"/x/{m}_int8.pte"}}}} for m in ("old", "new")}
+    zoo_int8._fill_structure({"rows": [kept, timed]}, found)
+    assert kept["targets"]["executorch"]["int8"] == {"cpu_ms": 1.0, "transpose": 1, "quantize": 2, "dequantize": 2}
+    assert timed["targets"]["executorch"]["int8"]["transpose"] == 0 and read == ["/x/old_int8.pte"]
+    table = zoo_int8.markdown({"meta": {"host": "h", "cpus": 2, "threads": 1, "rounds": 1, "warmup": 1, "matrix": []},
+                               "rows": [dict(kept, cnn=True)]})
+    assert "| old | executorch | — | 1.00 | — | — | — | 1 | 2 | 2 |" in table
+
+
 def test_artifacts_ab_times_each_file_and_refuses_what_is_not_an_artifact(tmp_path, capsys):
     pytest.importorskip("litert_torch", reason="litert-torch not installed")
     import torch
