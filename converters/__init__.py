@@ -62,6 +62,9 @@ TARGETS: dict[str, Target] = {
             "XNNPACKQuantizer; verified with the ExecuTorch runtime",
             options=(
                 TargetOption("nhwc", bool, False, NHWC_HELP),
+                TargetOption("float_for_speed", bool, True, "with --int8: keep the layers XNNPACK runs slower in "
+                             "int8 than in float (5×5 depthwise convs, the 3-channel stem) in float; "
+                             "--no-float-for-speed quantizes them too: a smaller file, a slower program"),
                 TargetOption("etrecord", bool, True, "write an ETRecord beside the .pte (maps profiler events to PyTorch modules)"),
                 TargetOption("delegate", str, "xnnpack", "backend the .pte delegates to: xnnpack (CPU, verified here) or "
                              "coreml (Apple ANE/GPU/CPU; structural checks only off macOS)", choices=("xnnpack", "coreml")),

@@ -152,7 +152,8 @@ def export_options(options: dict) -> dict[str, Any]:
     quantization."""
     return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
             "weight_rounding": options.get("weight_rounding", "early"),
-            "distill_steps": options.get("distill_steps", 0)}
+            "distill_steps": options.get("distill_steps", 0),
+            "float_for_speed": options.get("float_for_speed", True) is not False}
 
 
 def quantize(
@@ -168,6 +169,7 @@ def quantize(
     keep_float_budget: float | None = None,
     weight_rounding: str = "early",
     distill_steps: int = 0,
+    float_for_speed: bool = True,
 ) -> QuantizedModel:
     """Per-channel, calibrated, static int8 PT2E quantization of `model` with `target`'s own quantizer.
 
@@ -183,6 +185,9 @@ def quantize(
     `keep_float_budget`: also keep the worst layers (per-layer SQNR drop, measured on a first int8 pass over
     8 calibration images) in float, as long as their share of the model's MACs stays within this fraction
     (keep_float.choose_within_budget); costs a second quantization pass.
+    `float_for_speed`: ExecuTorch keeps the layers XNNPACK runs slower in int8 than in float (5×5 and
+    channel-multiplier depthwise convs, a ≤ 3×3 RGB stem) in float; False quantizes them too: a smaller file
+    (their weights int8), a slower program.
     `timings`: a converters.timing.StageTimer; each step's wall/CPU seconds are added to it (quantize.*).
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -202,7 +207,7 @@ def quantize(
         return _quantize_within_budget(model, example, target, calib, quantizer=quantizer,
                                        keep_float=keep_float, timings=timings, bias_correction=bias_correction,
                                        weight_rounding=weight_rounding, distill_steps=distill_steps,
-                                       budget=keep_float_budget)
+                                       float_for_speed=float_for_speed, budget=keep_float_budget)
     quantizer_obj, scheme, fold = QUANTIZER_BUILDERS[builder]()
 
     t0 = time.perf_counter()
@@ -216,10 +221,11 @@ def quantize(
     if builder == "executorch":
         from lwdeploy.quantization.keep_float import layer_norms, rgb_stem, slow_int8_depthwise
 
-        slow_depthwise = [p for p in slow_int8_depthwise(model) if p not in keep_float]
-        keep_float += slow_depthwise
-        float_stem = [p for p in rgb_stem(model, example) if p not in keep_float]
-        keep_float += float_stem
+        if float_for_speed:
+            slow_depthwise = [p for p in slow_int8_depthwise(model) if p not in keep_float]
+            keep_float += slow_depthwise
+            float_stem = [p for p in rgb_stem(model, example) if p not in keep_float]
+            keep_float += float_stem
         float_layernorms = [p for p in layer_norms(model) if p not in keep_float]
         keep_float += float_layernorms
     corrected = 0

@@ -150,3 +150,20 @@ def test_early_rounding_is_the_default_and_learns_only_the_first_layers():
     assert set(report) == set(first)                                  # `only` restricts AdaRound to them
     later = [p for p, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and p not in first]
     assert later and all(torch.equal(rounded.get_submodule(p).weight, net.get_submodule(p).weight) for p in later)
+
+
+def test_executorch_float_for_speed_off_quantizes_the_stem_and_5x5_depthwise_convs():
+    from lwdeploy.quantization import export_options, quantize
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 5, padding=2, groups=8),
+                        nn.ReLU6(), nn.Conv2d(8, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 10)).eval()
+    calib = _calib()
+    fast = quantize(net, calib[0], "executorch", calib, **export_options({}))
+    small = quantize(net, calib[0], "executorch", calib, **export_options({"float_for_speed": False}))
+    assert fast.scheme["float_stem"]["layers"] == ["0"] and fast.scheme["float_depthwise"]["layers"] == ["2"]
+    assert "float_stem" not in small.scheme and "float_depthwise" not in small.scheme, small.scheme
+    # every conv of the small program reads an int8 weight: a dequantize feeds each convolution's weight input
+    convs = [n for n in small.module.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert len(convs) == 3 and all("dequantize" in str(c.args[1].target) for c in convs)

@@ -144,6 +144,8 @@ def test_sample_counts_must_be_positive(cli, tmp_path):
     (("--int8", "--adaround", "--weight-rounding", "early"), "keep one of them"),
     (("--distill",), "add --int8"),
     (("--int8", "--distill-steps", "10"), "add --distill"),
+    (("-t", "executorch", "--no-float-for-speed"), "add --int8"),
+    (("-t", "executorch", "--int8", "--nhwc", "--delegate", "coreml"), "leave out --nhwc"),
 ])
 def test_int8_only_options_checked_before_work(cli, tmp_path, args, says):
     code, _, err = cli("export", "mobilenet_v3_small_100", *args, "--out", tmp_path / "o")

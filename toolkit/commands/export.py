@@ -107,6 +107,9 @@ def export(model, targets, int8, out_dir, resolution, width, num_classes, weight
         raise LwdeployError("--distill fine-tunes an int8 program", "add --int8, or drop --distill")
     if distill_steps is not None and not distill:
         raise LwdeployError("--distill-steps sets how long --distill trains", "add --distill, or drop --distill-steps")
+    if target_opts.get("float_for_speed") is not None and not int8:
+        raise LwdeployError("--float-for-speed / --no-float-for-speed choose which layers ExecuTorch keeps out of int8",
+                            "add --int8, or drop the option for a float export")
     if keep_float_budget is not None and not 0 < keep_float_budget < 1:
         raise LwdeployError(f"--keep-float-budget {keep_float_budget} is not a fraction in (0, 1)",
                             "e.g. 0.05 keeps float layers worth at most 5 % of the model's MACs")
