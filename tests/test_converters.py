@@ -255,9 +255,9 @@ def test_executorch_int8_channel_shuffle_stays_int8(data, tmp_path):
         out = tmp_path / f"shuffle_{shuffle}.pte"
         req = ExportRequest(net, x[:1].clone(), tiny.INFO, out, int8=True, calib=calib, options={"etrecord": False})
         get_converter("executorch").convert(req)
-        nodes = inspect_pte(out)["xnnpack_nodes"]
-        converts[shuffle], reshapes[shuffle] = nodes.get("XNNConvert", 0), nodes.get("XNNStaticReshape", 0)
         checks = inspect_pte(out)
+        nodes = checks["xnnpack_nodes"]
+        converts[shuffle], reshapes[shuffle] = nodes.get("XNNConvert", 0), nodes.get("XNNStaticReshape", 0)
         assert checks["quantize"] + checks["dequantize"] == converts[shuffle]
     assert reshapes[True] == reshapes[False] + 2, reshapes  # the shuffle's unflatten and flatten are delegated
     assert converts[True] == converts[False], converts
