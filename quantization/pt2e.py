@@ -153,7 +153,7 @@ def export_options(options: dict) -> dict[str, Any]:
     return {"keep_float": options.get("keep_float"), "keep_float_budget": options.get("keep_float_budget"),
             "weight_rounding": options.get("weight_rounding", "early"),
             "distill_steps": options.get("distill_steps", 0),
-            "float_for_speed": options.get("float_for_speed", True) is not False}
+            "float_for_speed": options.get("float_for_speed") is not False}  # unset (None) means on
 
 
 def quantize(
