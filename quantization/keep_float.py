@@ -76,7 +76,10 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -
     program then quantizes the stem's output instead of the image: int8 ShuffleNet v2 0.5 1.09 → 1.02 ms,
     DiCENet-0.5 3.16 → 2.96 ms, GhostNet 3.62 → 3.50 ms, MobileNetV2 3.69 → 3.61 ms. A 7×7 stem (147 deep) gains
     from int8 and stays: kept float, SqueezeNet 1.0 went 6.34 → 7.28 ms and SqueezeNeXt 4.03 → 4.47 ms. (CPU
-    time, 1 thread, each int8 pair interleaved with the float program: `python benchmarks/float_stem_ab.py`.)"""
+    time, 1 thread, each int8 pair interleaved with the float program: `python benchmarks/float_stem_ab.py`.)
+    Since session 17 int8 lowering writes such a 7×7 stem as space-to-depth (lowering.SpaceToDepthConv): its
+    2×2 one-hot gather conv is then the conv reading the image, and stays float here (exact either way;
+    SqueezeNeXt int8 3.02 ms with it float, 3.06 ms int8: `--no-float-for-speed`, benchmarks/artifacts_ab.py)."""
     from lwdeploy.models.input_readers import convs_reading_input
     from lwdeploy.models.layers import ConvBNAct
 

@@ -48,6 +48,15 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   (LiteRT's XNNPACK delegate takes no 1×1 pool). CondenseNet float 24.06 → 23.48 ms, DiCENet 3.31 → 3.19 ms.
 * TFLite and ExecuTorch: a BatchNorm of a cat of convs (MixNet's mixed depthwise conv, NAS cells'
   FactorizedReduce) is folded into those convs, float and int8 alike (`_fold_batchnorms_after_cat`).
+* TFLite and ExecuTorch int8: a stride-2 RGB stem conv with more than 9 taps (SqueezeNet 1.0's and SqueezeNeXt's
+  7×7) becomes space-to-depth + a stride-1 conv on 4× the channels (`SpaceToDepthConv`): a 2×2/2 conv with
+  one-hot weights gathers each 2×2 pixel block into 12 channels (exact in int8 too: its output is its input
+  rearranged), then a ⌈k/2⌉-square conv with the original weights regrouped. int8 convs run a 3-deep dot
+  product per tap far below their speed on wider inputs; the 12-deep one recovers it. SqueezeNeXt int8 TFLite
+  3.87 → 3.17 ms, ExecuTorch 4.02 → 3.14 ms (float 7.31 / 6.63 ms). Float is slower in this form (7.31 → 7.96
+  / 6.63 → 7.09 ms), so float keeps the original; so do 3×3 stems (int8 MobileNetV2 / GhostNet within 2 %).
+  The gather is a conv, not pixel_unshuffle: that reshape-permute-reshape cost one or two extra TRANSPOSEs on
+  the image (`benchmarks/artifacts_ab.py` on throwaway exports, 1 thread).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
   input do not match TF "SAME" (which pads 0 before / 1 after), so litert-torch emits a PAD op before each.
   A kernel one tap larger, whose extra last tap is zero, with the same symmetric padding, covers exactly the
@@ -163,6 +172,8 @@ class ExcludePadAvgPool2d(nn.Module):
         return pool(x) / pool(ones)
 
 
+# a 3×3 RGB stem keeps its form: in space-to-depth form int8 was no faster (module docstring)
+MAX_STEM_TAPS = 9
 MAX_DW_TAPS = 25  # the largest depthwise kernel XNNPACK's DWConv microkernels take (taps = kh·kw)
 
 
@@ -341,6 +352,88 @@ class TiledDepthwiseConv2d(nn.Module):
         return out
 
 
+class SpaceToDepthConv(nn.Module):
+    """A stride-2 conv on a few-channel image as space-to-depth + a stride-1 conv (module docstring).
+
+    `gather`: 2×2 stride-2 conv with one-hot weights; output channel c·4 + 2r + r' is input channel c at row
+    offset r, column offset r' (pixel_unshuffle's order). `conv`: the original kernel, `shift` zero taps in
+    front so the window starts on an even row, grown to 2K×2K, regrouped into K×K taps over those channels.
+    The paddings come from `plan` for the input size it was built for."""
+
+    def __init__(self, conv: nn.Conv2d, size: tuple[int, int], gather_padding: int, conv_padding: int, shift: int,
+                 taps: int):
+        super().__init__()
+        self.size = tuple(size)
+        c, o, k = conv.in_channels, conv.out_channels, conv.kernel_size[0]
+        self.gather = nn.Conv2d(c, 4 * c, 2, 2, gather_padding, bias=False)
+        one_hot = torch.zeros(4 * c, c, 2, 2)
+        for ch in range(c):
+            for r in range(2):
+                for r2 in range(2):
+                    one_hot[ch * 4 + r * 2 + r2, ch, r, r2] = 1.0
+        w = torch.zeros(o, c, 2 * taps, 2 * taps, dtype=conv.weight.dtype)
+        w[:, :, shift:shift + k, shift:shift + k] = conv.weight.detach()
+        self.conv = nn.Conv2d(4 * c, o, taps, 1, conv_padding, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.gather.weight.copy_(one_hot)
+            # (o, c, K, r, K, r') → (o, c, r, r', K, K): the gather's channel order
+            self.conv.weight.copy_(w.reshape(o, c, taps, 2, taps, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * c, taps, taps))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach())
+
+    @staticmethod
+    def plan(k: int, p: int, sizes: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+        """(gather padding, conv padding, shift, taps) giving exactly the original's output on every input
+        size in `sizes` (height, width) with symmetric paddings only, or None. The gather's padding supplies the
+        conv's left padding rounded up to even (its surplus is the kernel's `shift` of zero taps); padding it
+        also adds on the right reads at most columns no output uses."""
+        for conv_padding in range(3):
+            for gather_padding in range(2 * k):
+                shift = gather_padding + 2 * conv_padding - p
+                if shift < 0:
+                    continue
+                taps = math.ceil((k + shift) / 2)
+                if all((n + 2 * gather_padding - 2) // 2 + 1 + 2 * conv_padding - taps + 1 == (n + 2 * p - k) // 2 + 1
+                       for n in sizes):
+                    return gather_padding, conv_padding, shift, taps
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size:      # the paddings fit one size (an export's shapes are static)
+            raise LwdeployError(f"space-to-depth stem planned for {self.size[0]}×{self.size[1]} input got "
+                                f"{x.shape[-2]}×{x.shape[-1]}", "lower the model with an example of the size it runs at")
+        return self.conv(self.gather(x))
+
+
+def _space_to_depth_stem(model: nn.Module, example: torch.Tensor | None) -> None:
+    """The one conv that reads the image, if it is a stride-2 square conv on ≤ 4 channels with > 9 taps,
+    becomes a SpaceToDepthConv planned for the example's size (without an example, nothing changes: the form
+    is exact for one input size)."""
+    from lwdeploy.models.input_readers import convs_reading_input
+
+    if example is None:
+        return
+    x = torch.zeros_like(example)
+    try:
+        readers = convs_reading_input(model, x)
+    except Exception:  # noqa: BLE001 — a model that refuses this input keeps its stem
+        return
+    if len(readers) != 1:
+        return
+    path = readers[0]
+    conv = model.get_submodule(path)
+    k, p = conv.kernel_size[0], conv.padding
+    if (type(conv) is not nn.Conv2d or conv.in_channels > 4 or conv.groups != 1 or conv.stride != (2, 2)
+            or conv.kernel_size != (k, k) or k * k <= MAX_STEM_TAPS or conv.dilation != (1, 1)
+            or isinstance(p, str) or p[0] != p[1] or conv.padding_mode != "zeros"):
+        return
+    plan = SpaceToDepthConv.plan(k, p[0], tuple(x.shape[-2:]))
+    if plan is None:
+        return
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, SpaceToDepthConv(conv, tuple(x.shape[-2:]), *plan))
+
+
 def _is_large_depthwise(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.groups == m.in_channels > 1 and m.out_channels == m.in_channels
             and m.kernel_size[0] * m.kernel_size[1] > MAX_DW_TAPS and m.dilation == (1, 1)
@@ -427,6 +520,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     _fold_batchnorms_after_cat(out)
     _tile_large_depthwise(out)
     _replace_modules(out, _is_depthwise_upsample, DepthwiseUpsample)
+    if int8:
+        _space_to_depth_stem(out, example)
     if target == "executorch":
         _xnnpack_layernorms(out)
         if int8:

@@ -15,6 +15,7 @@ from lwdeploy.errors import LwdeployError
 from lwdeploy.models import layers
 from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d,
                                             AvgPoolDepthwiseConv, DepthwiseUpsample, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
+                                            SpaceToDepthConv,
                                             TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
@@ -488,3 +489,71 @@ def test_executorch_layernorm_forms_convert_to_core_ml():
     mlmodel = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17)
     ops = {op.op_type for f in mlmodel._mil_program.functions.values() for op in f.operations}
     assert "rsqrt" in ops and "linear" in ops
+
+
+@pytest.mark.parametrize("k,p,size", [(7, 3, (224, 224)), (7, 3, (227, 227)), (7, 0, (224, 224)), (7, 0, (227, 225)),
+                                      (5, 2, (64, 64)), (5, 1, (64, 70)), (5, 1, (63, 63)), (3, 1, (32, 32)),
+                                      (11, 5, (41, 41))])
+def test_space_to_depth_conv_equals_the_original(k, p, size):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 16, k, 2, p)
+    plan = SpaceToDepthConv.plan(k, p, size)
+    assert plan is not None
+    s2d = SpaceToDepthConv(conv, size, *plan)
+    assert s2d.gather.in_channels == 3 and s2d.conv.in_channels == 12 and s2d.conv.stride == (1, 1)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        assert s2d(x).shape == conv(x).shape
+        assert _rel_err(s2d(x), conv(x)) < 1e-5
+
+
+def _seven_by_seven_stem_net(k: int = 7) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(layers.ConvBNAct(3, 16, k, 2, act="relu"), layers.ConvBNAct(16, 16, 1, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def test_int8_lowering_writes_a_large_rgb_stem_as_space_to_depth_and_only_that():
+    net, x = _seven_by_seven_stem_net(), torch.randn(1, 3, 227, 227)
+    _random_batchnorm_statistics(net)
+    for target in ("tflite", "executorch"):
+        lowered = lower(net, target, int8=True, example=x)
+        assert isinstance(lowered[0].conv, SpaceToDepthConv)
+        with torch.no_grad():
+            assert _rel_err(lowered(x), net(x)) < 1e-5
+        with pytest.raises(LwdeployError, match="planned for 227×227"):   # the paddings fit one input size
+            lowered(torch.randn(1, 3, 224, 224))
+    # float keeps the conv (slower in this form), Core ML is not lowered, a size is needed, 3×3 stems stay
+    assert type(lower(net, "tflite", int8=False, example=x)[0].conv) is nn.Conv2d
+    assert type(lower(net, "coreml", int8=True, example=x)[0].conv) is nn.Conv2d
+    assert type(lower(net, "tflite", int8=True)[0].conv) is nn.Conv2d
+    assert type(lower(_seven_by_seven_stem_net(3), "tflite", int8=True, example=x)[0].conv) is nn.Conv2d
+    # one odd and one even side: no symmetric paddings give the original's output, so the stem stays
+    assert SpaceToDepthConv.plan(7, 3, (227, 224)) is None
+    assert type(lower(net, "tflite", int8=True, example=torch.randn(1, 3, 227, 224))[0].conv) is nn.Conv2d
+
+
+def test_int8_tflite_space_to_depth_stem_is_a_12_channel_conv_with_no_extra_transpose(tmp_path):
+    """The gather is a conv, so the image keeps its one NCHW → NHWC TRANSPOSE (pixel_unshuffle wrote three), no
+    PAD is added, and the 7×7 conv becomes a 4×4 one on 12 channels."""
+    pytest.importorskip("litert_torch", reason="litert-torch not installed")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # benchmarks/ is a folder, not a package
+    from ai_edge_litert.interpreter import Interpreter
+
+    from benchmarks.int8_bench import export_tflite, tflite_op_counts
+
+    net, x = _seven_by_seven_stem_net(), torch.randn(1, 3, 64, 64)
+    calib = [torch.randn(1, 3, 64, 64) for _ in range(4)]
+    path = export_tflite(lower(net, "tflite", example=x), x, tmp_path / "s2d.tflite", int8=True, calib=calib)
+    counts = tflite_op_counts(path)
+    before = tflite_op_counts(export_tflite(net, x, tmp_path / "conv.tflite", int8=True, calib=calib))
+    assert counts["TRANSPOSE"] == before["TRANSPOSE"] == 1 and counts["CONV_2D"] == 3
+    assert counts.get("PAD", 0) <= before.get("PAD", 0)        # padding 3 is no TF "SAME": a PAD either way
+    assert counts.get("QUANTIZE", 0) + counts.get("DEQUANTIZE", 0) <= 2
+    it = Interpreter(str(path))
+    shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in it.get_tensor_details()}
+    filters = [shapes[op["inputs"][1]] for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
+    assert filters[:2] == [(12, 2, 2, 3), (16, 4, 4, 12)]                   # gather, then the regrouped 7×7
