@@ -505,7 +505,8 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     depthwise kernels fall off XNNPACK's fast 3×3 / 5×5 paths — int8 1.42 → 2.41 ms, float 2.24 → 2.95 ms
     (1 thread, CPU time). Use it for delegates that cannot run PAD.
     `example`: an input (its shape is used) for rewrites that must know a tensor's width; without it a
-    224 px, then a 64 px image is tried.
+    224 px, then a 64 px image is tried. The int8 space-to-depth stem is planned for the example's size and is
+    left out without one.
     """
     if target not in TARGETS:
         raise LwdeployError(f"unknown lowering target {target!r}", f"choose from {', '.join(TARGETS)}")
