@@ -50,11 +50,12 @@ ai-edge-litert 2.3 / ExecuTorch 1.5 XNNPACK, see benchmarks/README.md):
   FactorizedReduce) is folded into those convs, float and int8 alike (`_fold_batchnorms_after_cat`).
 * TFLite and ExecuTorch int8: a stride-2 RGB stem conv with more than 9 taps (SqueezeNet 1.0's and SqueezeNeXt's
   7×7) becomes space-to-depth + a stride-1 conv on 4× the channels (`SpaceToDepthConv`): a 2×2/2 conv with
-  one-hot weights gathers each 2×2 pixel block into 12 channels (exact in int8 too: its output is its input
-  rearranged), then a ⌈k/2⌉-square conv with the original weights regrouped. int8 convs run a 3-deep dot
-  product per tap far below their speed on wider inputs; the 12-deep one recovers it. SqueezeNeXt int8 TFLite
-  3.87 → 3.17 ms, ExecuTorch 4.02 → 3.14 ms (float 7.31 / 6.63 ms). Float is slower in this form (7.31 → 7.96
-  / 6.63 → 7.09 ms), so float keeps the original; so do 3×3 stems (int8 MobileNetV2 / GhostNet within 2 %).
+  one-hot weights gathers each 2×2 pixel block into 12 channels (exact in float; in int8 its output, the
+  image's values rearranged, gets its own calibrated scale: SqueezeNeXt output SQNR 12.1 dB before and after),
+  then a ⌈k/2⌉-square conv with the original weights regrouped. int8 convs run a 3-deep dot product per tap far
+  below their speed on wider inputs; the 12-deep one recovers it. SqueezeNeXt int8 TFLite 3.87 → 3.17 ms,
+  ExecuTorch 4.02 → 3.14 ms (float 7.31 / 6.63 ms). Float is slower in this form (7.31 → 7.96 / 6.63 → 7.09
+  ms), so float keeps the original; so do 3×3 stems (int8 TFLite 1–2 % slower in this form: docs/int8.md).
   The gather is a conv, not pixel_unshuffle: that reshape-permute-reshape cost one or two extra TRANSPOSEs on
   the image (`benchmarks/artifacts_ab.py` on throwaway exports, 1 thread).
 * TFLite, opt-in (`tf_same_kernels=True`): stride-2 convolutions with PyTorch's symmetric padding on an even
