@@ -549,6 +549,20 @@ def lower(model: nn.Module, target: str, *, int8: bool = True, tf_same_kernels: 
     return out.train(was_training)
 
 
+def rewrites(model: nn.Module) -> dict[str, list[str]]:
+    """{form: module paths} of the modules `lower` put in (this file's classes; not those inside one), for the
+    manifest: which blocks of the exported graph are not the PyTorch model's own forms. Folds that change only
+    weights (BatchNorms into convs, SE +3 into a bias) leave no module and are not listed."""
+    out: dict[str, list[str]] = {}
+    inside: list[str] = []
+    for path, m in model.named_modules():
+        if type(m).__module__ != __name__ or any(path.startswith(p + ".") for p in inside):
+            continue
+        inside.append(path)
+        out.setdefault(type(m).__name__, []).append(path)
+    return out
+
+
 def _fold_se_gates(model: nn.Module) -> None:
     """SqueezeExcite with a hard-sigmoid gate: +3 into fc2's bias, gate → relu6·⅙."""
     for m in model.modules():

@@ -42,6 +42,10 @@ def test_export_int8_tflite_and_float_executorch(cli, tmp_path):
     assert coreml["artifact"]["file"].endswith("_fp32.mlpackage") and coreml["verification"]["ran_on_host"] is False
     assert m["artifact"]["file"].endswith("_fp32.pte")
     assert m["verification"]["fidelity"]["max_abs_diff"] < 1e-3  # float export matches PyTorch
+    # which blocks lowering rewrote: MobileNetV3-Small's 9 SE hard-sigmoid gates (their +3 folded into a bias)
+    gates = m["conversion"]["lowering"]["ScaledReLU6"]
+    assert len(gates) == 9 and all(g.endswith("se.gate") for g in gates)
+    assert coreml["conversion"].get("lowering", {}) == {}          # Core ML converts the model's own forms
     assert (out / m["artifact"]["file"].replace(".pte", ".etrecord")).exists()
     # per-stage wall/CPU seconds in every manifest (the matrix shows the slowest stage)
     assert m["timings"]["convert"]["to_edge_transform_and_lower"]["cpu_s"] > 0

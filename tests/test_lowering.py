@@ -16,7 +16,7 @@ from lwdeploy.models import layers
 from lwdeploy.quantization.lowering import (MAX_DW_TAPS, ExcludePadAvgPool2d, IncludePadAvgPool2d,
                                             AvgPoolDepthwiseConv, DepthwiseUpsample, QuantHardSigmoid, QuantHardSwish, ScaledReLU6,
                                             SpaceToDepthConv,
-                                            TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower)
+                                            TFSameConv2d, TiledDepthwiseConv2d, _is_same, lower, rewrites)
 
 ZOO_SMALL = ["mobilenet_v3_small_100", "mobilenet_v3_large_100", "ghostnet_100", "efficientnet_lite0",
              "mobilenet_v2_100"]
@@ -557,3 +557,10 @@ def test_int8_tflite_space_to_depth_stem_is_a_12_channel_conv_with_no_extra_tran
     shapes = {t["index"]: tuple(int(d) for d in t["shape"]) for t in it.get_tensor_details()}
     filters = [shapes[op["inputs"][1]] for op in it._get_ops_details() if op["op_name"] == "CONV_2D"]
     assert filters[:2] == [(12, 2, 2, 3), (16, 4, 4, 12)]                   # gather, then the regrouped 7×7
+
+
+def test_rewrites_names_each_replaced_block_once_and_nothing_of_the_models_own():
+    net, x = _seven_by_seven_stem_net(), torch.randn(1, 3, 64, 64)
+    assert rewrites(net) == {}
+    assert rewrites(lower(net, "tflite", int8=True, example=x)) == {"SpaceToDepthConv": ["0.conv"]}  # not its convs
+    assert rewrites(lower(net, "tflite", int8=False, example=x)) == {}

@@ -364,6 +364,11 @@ def _convert(target, net, info, example, images, out_path, plan, say=None, quant
                         calib=images.calib_batches() if plan.int8 and quantized is None else [],
                         options={k: v for k, v in plan.options.items() if v is not None}, quantized=quantized)
     result = conv.convert(req)
+    if not isinstance(lowered, torch.fx.GraphModule):  # a program handed over from another process has no modules
+        from lwdeploy.quantization.lowering import rewrites
+
+        # the manifest says which blocks were rewritten into another form before export, and where
+        result.details["lowering"] = rewrites(lowered)
     timer.merge(result.timings)
     result.timings = timer.as_dict()
     return result, time.perf_counter() - t0
