@@ -378,7 +378,8 @@ class SpaceToDepthConv(nn.Module):
         with torch.no_grad():
             self.gather.weight.copy_(one_hot)
             # (o, c, K, r, K, r') → (o, c, r, r', K, K): the gather's channel order
-            self.conv.weight.copy_(w.reshape(o, c, taps, 2, taps, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * c, taps, taps))
+            regrouped = w.reshape(o, c, taps, 2, taps, 2).permute(0, 1, 3, 5, 2, 4)
+            self.conv.weight.copy_(regrouped.reshape(o, 4 * c, taps, taps))
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias.detach())
 
@@ -394,15 +395,16 @@ class SpaceToDepthConv(nn.Module):
                 if shift < 0:
                     continue
                 taps = math.ceil((k + shift) / 2)
-                if all((n + 2 * gather_padding - 2) // 2 + 1 + 2 * conv_padding - taps + 1 == (n + 2 * p - k) // 2 + 1
-                       for n in sizes):
+                gathered = [(n + 2 * gather_padding - 2) // 2 + 1 for n in sizes]
+                if all(g + 2 * conv_padding - taps + 1 == (n + 2 * p - k) // 2 + 1 for g, n in zip(gathered, sizes)):
                     return gather_padding, conv_padding, shift, taps
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:      # the paddings fit one size (an export's shapes are static)
             raise LwdeployError(f"space-to-depth stem planned for {self.size[0]}×{self.size[1]} input got "
-                                f"{x.shape[-2]}×{x.shape[-1]}", "lower the model with an example of the size it runs at")
+                                f"{x.shape[-2]}×{x.shape[-1]}",
+                                "lower the model with an example of the size it runs at")
         return self.conv(self.gather(x))
 
 
@@ -432,7 +434,8 @@ def _space_to_depth_stem(model: nn.Module, example: torch.Tensor | None) -> None
     if plan is None:
         return
     parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, SpaceToDepthConv(conv, tuple(x.shape[-2:]), *plan))
+    holder = model.get_submodule(parent) if parent else model
+    setattr(holder, name, SpaceToDepthConv(conv, tuple(x.shape[-2:]), *plan))
 
 
 def _is_large_depthwise(m: nn.Module) -> bool:
