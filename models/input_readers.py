@@ -38,3 +38,10 @@ def call_order(model: nn.Module, example: torch.Tensor, kinds: tuple[type, ...] 
 def convs_reading_input(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Module paths of the Conv2d layers whose input is `example` itself, in call order, each once."""
     return call_order(model, example, (nn.Conv2d,), reading=example)
+
+
+def conv_reading_input_alone(model: nn.Module, example: torch.Tensor) -> str | None:
+    """Module path of THE conv that reads `example` itself, or None when none or several do (then no single
+    layer is the stem)."""
+    readers = convs_reading_input(model, example)
+    return readers[0] if len(readers) == 1 else None

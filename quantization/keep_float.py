@@ -80,16 +80,15 @@ def rgb_stem(model: torch.nn.Module, example: torch.Tensor, max_taps: int = 9) -
     Since session 17 int8 lowering writes such a 7×7 stem as space-to-depth (lowering.SpaceToDepthConv): its
     2×2 one-hot gather conv is then the conv reading the image, and stays float here (exact either way;
     SqueezeNeXt int8 3.02 ms with it float, 3.06 ms int8: `--no-float-for-speed`, benchmarks/artifacts_ab.py)."""
-    from lwdeploy.models.input_readers import convs_reading_input
+    from lwdeploy.models.input_readers import conv_reading_input_alone
     from lwdeploy.models.layers import ConvBNAct
 
-    readers = convs_reading_input(model, example)
-    if len(readers) != 1:
+    path = conv_reading_input_alone(model, example)
+    if path is None:
         return []
-    conv = model.get_submodule(readers[0])
+    conv = model.get_submodule(path)
     if conv.in_channels != 3 or conv.groups != 1 or conv.kernel_size[0] * conv.kernel_size[1] > max_taps:
         return []
-    path = readers[0]
     parent = path.rpartition(".")[0]
     holder = model.get_submodule(parent) if parent else None
     return [parent] if isinstance(holder, ConvBNAct) and holder.conv is conv else [path]

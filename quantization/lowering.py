@@ -412,30 +412,29 @@ def _space_to_depth_stem(model: nn.Module, example: torch.Tensor | None) -> None
     """The one conv that reads the image, if it is a stride-2 square conv on ≤ 4 channels with > 9 taps,
     becomes a SpaceToDepthConv planned for the example's size (without an example, nothing changes: the form
     is exact for one input size)."""
-    from lwdeploy.models.input_readers import convs_reading_input
+    from lwdeploy.models.input_readers import conv_reading_input_alone
 
     if example is None:
         return
-    x = torch.zeros_like(example)
     try:
-        readers = convs_reading_input(model, x)
+        path = conv_reading_input_alone(model, example)
     except Exception:  # noqa: BLE001 — a model that refuses this input keeps its stem
         return
-    if len(readers) != 1:
+    if path is None:
         return
-    path = readers[0]
     conv = model.get_submodule(path)
+    size = tuple(example.shape[-2:])
     k, p = conv.kernel_size[0], conv.padding
     if (type(conv) is not nn.Conv2d or conv.in_channels > 4 or conv.groups != 1 or conv.stride != (2, 2)
             or conv.kernel_size != (k, k) or k * k <= MAX_STEM_TAPS or conv.dilation != (1, 1)
             or isinstance(p, str) or p[0] != p[1] or conv.padding_mode != "zeros"):
         return
-    plan = SpaceToDepthConv.plan(k, p[0], tuple(x.shape[-2:]))
+    plan = SpaceToDepthConv.plan(k, p[0], size)
     if plan is None:
         return
     parent, _, name = path.rpartition(".")
     holder = model.get_submodule(parent) if parent else model
-    setattr(holder, name, SpaceToDepthConv(conv, tuple(x.shape[-2:]), *plan))
+    setattr(holder, name, SpaceToDepthConv(conv, size, *plan))
 
 
 def _is_large_depthwise(m: nn.Module) -> bool:
